@@ -1,0 +1,247 @@
+//! Authentication (who is calling) and authorisation (may they call this route).
+//!
+//! [`authenticate`] runs once per request, before rate limiting so limits apply per subject, and puts
+//! the [`Principal`] into the request's extensions. Routes then declare the scopes they need with
+//! [`RequireScopeLayer`].
+
+pub mod apikey;
+pub mod jwt;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::future::{BoxFuture, Either, Ready, ready};
+use serde_json::{Map, Value};
+use tower::{Layer, Service};
+
+use crate::error::{AuthFailure, GatewayError};
+use apikey::{ApiKeyStore, KeyHash, MAX_KEY_BYTES};
+use jwt::JwtVerifier;
+
+/// The header partners may use instead of `Authorization: Bearer`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Who is calling, established once per request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The user id (`sub`) or the partner id.
+    pub subject: Arc<str>,
+    /// Granted scopes.
+    pub scopes: Arc<[String]>,
+    /// Rate-limit tier, if the credential names one.
+    pub tier: Option<Arc<str>>,
+    /// User or partner.
+    pub kind: PrincipalKind,
+}
+
+/// The kind of credential a principal presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// An end user with a JWT.
+    User,
+    /// A partner with an API key.
+    Partner {
+        /// API version pinned to the key.
+        version: Option<Arc<str>>,
+    },
+}
+
+impl Principal {
+    /// Builds a principal from verified claims: `sub`, then `scope` (space-separated) or `scp` (array).
+    pub fn from_claims(claims: &Map<String, Value>, tier_claim: &str) -> Option<Self> {
+        let subject = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?;
+        let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) => s.split_whitespace().map(str::to_owned).collect(),
+            (_, Some(Value::Array(items))) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(Self {
+            subject: subject.into(),
+            scopes: scopes.into(),
+            tier: claims.get(tier_claim).and_then(Value::as_str).map(Into::into),
+            kind: PrincipalKind::User,
+        })
+    }
+
+    /// Whether the principal was granted `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// How one BFF authenticates.
+pub enum Authenticator {
+    /// JWT bearer tokens.
+    Jwt(Arc<JwtVerifier>),
+    /// Partner API keys.
+    ApiKey(Arc<dyn ApiKeyStore>),
+}
+
+impl Authenticator {
+    /// Establishes the principal from the request headers.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
+        match self {
+            Self::Jwt(verifier) => {
+                let token = bearer(headers)?.ok_or(GatewayError::Unauthenticated(AuthFailure::Missing))?;
+                verifier.verify(token).await
+            }
+            Self::ApiKey(store) => {
+                let key = match bearer(headers)? {
+                    Some(key) => key,
+                    None => headers
+                        .get(API_KEY_HEADER)
+                        .map(|v| v.to_str().map_err(|_| GatewayError::Unauthenticated(AuthFailure::UnknownApiKey)))
+                        .transpose()?
+                        .ok_or(GatewayError::Unauthenticated(AuthFailure::Missing))?,
+                };
+                if key.len() > MAX_KEY_BYTES {
+                    return Err(GatewayError::Unauthenticated(AuthFailure::UnknownApiKey));
+                }
+                let record = store.lookup(&KeyHash::of(key)).await.map_err(|err| {
+                    tracing::warn!(error = %err, "API key store unavailable");
+                    GatewayError::Unavailable
+                })?;
+                let record = record.ok_or(GatewayError::Unauthenticated(AuthFailure::UnknownApiKey))?;
+                Ok(Principal {
+                    subject: record.partner.into(),
+                    scopes: Arc::from([]),
+                    tier: Some(record.tier.into()),
+                    kind: PrincipalKind::Partner {
+                        version: record.version.map(Into::into),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// The credential of `Authorization: Bearer <credential>`, if that header is present.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let invalid = GatewayError::Unauthenticated(AuthFailure::Invalid);
+    let value = value.to_str().map_err(|_| invalid.clone())?;
+    let (scheme, credential) = value.split_once(' ').ok_or(invalid.clone())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(invalid);
+    }
+    let credential = credential.trim();
+    if credential.is_empty() {
+        return Err(GatewayError::Unauthenticated(AuthFailure::Missing));
+    }
+    Ok(Some(credential))
+}
+
+/// Middleware: authenticate, or answer 401/503 without calling anything further.
+pub async fn authenticate(
+    State(auth): State<Arc<Authenticator>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match auth.authenticate(req.headers()).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Refuses with 403 `INSUFFICIENT_SCOPE` unless the principal holds `scope`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequireScopeLayer {
+    scope: &'static str,
+}
+
+impl RequireScopeLayer {
+    /// Requires `scope` on the routes this layer wraps.
+    pub fn new(scope: &'static str) -> Self {
+        Self { scope }
+    }
+}
+
+impl<S> Layer<S> for RequireScopeLayer {
+    type Service = RequireScope<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireScope {
+            inner,
+            scope: self.scope,
+        }
+    }
+}
+
+/// The service of [`RequireScopeLayer`].
+#[derive(Debug, Clone)]
+pub struct RequireScope<S> {
+    inner: S,
+    scope: &'static str,
+}
+
+impl<S> Service<Request> for RequireScope<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let allowed = req
+            .extensions()
+            .get::<Principal>()
+            .is_some_and(|p| p.has_scope(self.scope));
+        if allowed {
+            Either::Left(self.inner.call(req))
+        } else {
+            Either::Right(ready(Ok(GatewayError::InsufficientScope(self.scope).into_response())))
+        }
+    }
+}
+
+/// A boxed future, for callers that want to name one.
+pub type AuthFuture = BoxFuture<'static, Result<Principal, GatewayError>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn scopes_come_from_scope_or_scp() {
+        let claims = json!({"sub": "user-1", "scope": "a b", "tier": "gold"});
+        let p = Principal::from_claims(claims.as_object().expect("object"), "tier").expect("principal");
+        assert!(p.has_scope("a") && p.has_scope("b") && !p.has_scope("c"));
+        assert_eq!(p.tier.as_deref(), Some("gold"));
+        let claims = json!({"sub": "user-1", "scp": ["x"]});
+        let p = Principal::from_claims(claims.as_object().expect("object"), "tier").expect("principal");
+        assert!(p.has_scope("x"));
+    }
+
+    #[test]
+    fn empty_subject_is_refused() {
+        let claims = json!({"sub": ""});
+        assert!(Principal::from_claims(claims.as_object().expect("object"), "tier").is_none());
+    }
+
+    #[test]
+    fn bearer_parsing_is_strict() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(bearer(&h), Ok(None)));
+        h.insert(header::AUTHORIZATION, "Basic abc".parse().expect("header"));
+        assert!(bearer(&h).is_err());
+        h.insert(header::AUTHORIZATION, "bearer tok".parse().expect("header"));
+        assert_eq!(bearer(&h).ok().flatten(), Some("tok"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The command line every BFF binary shares:
+//!
+//! ```text
+//! bff-mobile [--config FILE] [--listen ADDR]     serve
+//! bff-mobile check --config FILE                 validate a configuration and exit
+//! ```
+//!
+//! A bad configuration prints one line naming the key and exits with code 64 (`EX_USAGE`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::{Config, ConfigError};
+use crate::server::{Gateway, serve, shutdown_signal};
+use crate::telemetry;
+
+/// Exit code for a bad configuration (`EX_USAGE` in sysexits.h).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// What a BFF binary is: its name, its defaults, the upstreams it calls and its routes.
+pub struct Bff<C: 'static> {
+    /// Name in logs and metrics, and the binary's name.
+    pub name: &'static str,
+    /// Built-in defaults (the devstack setup).
+    pub defaults: fn() -> Config<C>,
+    /// Upstreams the routes call; each must be configured.
+    pub upstreams: &'static [&'static str],
+    /// Builds the whole router from a gateway.
+    pub app: fn(Gateway<C>) -> Router,
+}
+
+impl<C> Bff<C>
+where
+    C: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    /// Loads the configuration (defaults < `file` < `BFF_*` environment).
+    pub fn load(&self, file: Option<&std::path::Path>) -> Result<Config<C>, ConfigError> {
+        Config::load(&(self.defaults)(), file)
+    }
+
+    /// Builds the gateway and checks that every upstream the routes call is configured.
+    pub fn gateway(&self, config: Config<C>) -> Result<Gateway<C>, ConfigError> {
+        let gw = Gateway::builder(self.name, config).build()?;
+        gw.upstreams.require(self.upstreams)?;
+        Ok(gw)
+    }
+}
+
+#[derive(Parser)]
+struct Cli {
+    /// TOML configuration file, layered over the built-in defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on; overrides `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration and exit: 0 when valid, 64 naming the bad key otherwise.
+    Check,
+}
+
+/// Runs a BFF binary: parses the command line, then serves or checks.
+pub fn main<C>(bff: &Bff<C>) -> ExitCode
+where
+    C: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    let cli = Cli::parse();
+    let config = match bff.load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("{}: invalid configuration: {err}", bff.name);
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Some(Command::Check) = cli.command {
+        if cli.config.is_none() {
+            eprintln!("{}: check needs --config FILE", bff.name);
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+        return match bff.gateway(config) {
+            Ok(_) => {
+                println!("{}: configuration is valid", bff.name);
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{}: invalid configuration: {err}", bff.name);
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{}: cannot start the runtime: {err}", bff.name);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(bff, config, cli.listen))
+}
+
+async fn run<C>(bff: &Bff<C>, mut config: Config<C>, listen: Option<SocketAddr>) -> ExitCode
+where
+    C: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+{
+    telemetry::init_logging(&config.telemetry);
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+    }
+    let addr = config.server.listen;
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let gw = match bff.gateway(config) {
+        Ok(gw) => gw,
+        Err(err) => {
+            eprintln!("{}: invalid configuration: {err}", bff.name);
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(err) => {
+            eprintln!("{}: cannot listen on {addr}: {err}", bff.name);
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(bff = bff.name, %addr, "listening");
+    let app = (bff.app)(gw.clone());
+    match serve(app, listener, grace, shutdown_signal(), move || gw.set_draining()).await {
+        Ok(()) => {
+            tracing::info!(bff = bff.name, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(bff = bff.name, error = %err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

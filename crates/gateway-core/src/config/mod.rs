@@ -1,0 +1,562 @@
+//! Configuration: defaults < TOML file < `BFF_*` environment variables (`__` nests).
+//!
+//! Every struct refuses unknown keys, so a typo is an error that names the key rather than a setting
+//! silently ignored. [`Config::validate`] then checks values and names the key and the bad value, e.g.
+//! `ratelimit.policies.default.burst must be > 0, got 0`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Default bound on a request body, in bytes.
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 1024 * 1024;
+/// Default bound on a whole request, in milliseconds.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Default time given to in-flight requests after SIGTERM, in milliseconds.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Default JWT clock leeway, in seconds.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// Default JWKS refresh interval, in seconds.
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
+/// Default minimum time between two JWKS fetches caused by unknown `kid`s, in seconds.
+pub const DEFAULT_JWKS_COOLDOWN_SECS: u64 = 30;
+/// Default upper bound on a bearer token's length, checked before any decoding.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default bound on one rate-limit decision against a shared store, in milliseconds.
+pub const DEFAULT_DECISION_TIMEOUT_MS: u64 = 50;
+/// Default bound on the number of keys the in-memory limiter tracks.
+pub const DEFAULT_LIMITER_MAX_KEYS: usize = 1_000_000;
+/// Default bound on the number of responses the in-memory cache holds.
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
+/// Default bound on one cache operation against a shared store, in milliseconds.
+pub const DEFAULT_CACHE_TIMEOUT_MS: u64 = 50;
+/// Default per-call upstream timeout, in milliseconds.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 1_000;
+/// Default Redis connection pool size.
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 32;
+/// Default bound on waiting for, creating or recycling a Redis connection, in milliseconds.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 200;
+
+/// The whole configuration of one BFF. `C` is the BFF's own `[client]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config<C> {
+    /// Listener, limits and shutdown.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Logs.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// How clients authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Shared state. When `redis.url` is set, limits, cache, API keys and idempotency records live in Redis.
+    #[serde(default)]
+    pub redis: RedisConfig,
+    /// Rate-limit policies and where they apply.
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
+    /// Response cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Backends this BFF calls, by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Settings only this BFF understands.
+    #[serde(default)]
+    pub client: C,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub body_limit_bytes: usize,
+    /// Longest a whole request may take, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// After SIGTERM, how long in-flight requests may take to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `pretty` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,gateway_core=debug`; `RUST_LOG` overrides it.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable, coloured when a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `jwt` (user-facing BFFs) or `api_key` (partner BFF).
+    pub mode: AuthMode,
+    /// Trusted token issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Longest bearer token accepted, in bytes, checked before any decoding.
+    pub max_token_bytes: usize,
+    /// Claim that carries the principal's tier (for rate-limit policies).
+    pub tier_claim: String,
+    /// API keys known from the configuration file (in addition to the shared store).
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Jwt,
+            issuers: Vec::new(),
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            tier_claim: "tier".to_owned(),
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// How a BFF authenticates its callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// JWT bearer tokens.
+    Jwt,
+    /// API keys in `Authorization: Bearer` or `X-Api-Key`.
+    ApiKey,
+}
+
+/// One trusted issuer under `[[auth.issuers]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` claim value.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Where the issuer publishes its keys.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A PEM public key, instead of a JWKS URL.
+    #[serde(default)]
+    pub pem_file: Option<String>,
+    /// Algorithm of the PEM key (`RS256`, `PS256`, `ES256`, `EdDSA`).
+    #[serde(default)]
+    pub pem_algorithm: Option<String>,
+    /// Seconds between background refreshes of the JWKS.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
+    /// Minimum seconds between fetches caused by an unknown `kid`.
+    #[serde(default = "default_jwks_cooldown")]
+    pub jwks_cooldown_secs: u64,
+}
+
+fn default_jwks_refresh() -> u64 {
+    DEFAULT_JWKS_REFRESH_SECS
+}
+fn default_jwks_cooldown() -> u64 {
+    DEFAULT_JWKS_COOLDOWN_SECS
+}
+
+/// One API key under `[[auth.api_keys]]`: only its SHA-256 hash is ever stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// The partner the key belongs to.
+    pub partner: String,
+    /// Rate-limit tier.
+    #[serde(default = "default_tier")]
+    pub tier: String,
+    /// API version pinned to the key (`YYYY-MM-DD`); the current version when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+fn default_tier() -> String {
+    "standard".to_owned()
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. When set, every shared store uses Redis.
+    pub url: Option<String>,
+    /// Prefix of every key this gateway writes, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Bound on waiting for, creating or recycling a connection, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "bff".to_owned(),
+            pool_size: DEFAULT_REDIS_POOL_SIZE,
+            timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+        }
+    }
+}
+
+/// `[ratelimit]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Named policies; `default` applies where nothing else does.
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// Policy by principal tier (`tier -> policy`).
+    pub tiers: BTreeMap<String, String>,
+    /// Policy by route path as declared (`"/api/home-feed" -> policy`); wins over the tier.
+    pub routes: BTreeMap<String, String>,
+    /// What to do when the shared store cannot answer.
+    pub failure_mode: FailureMode,
+    /// Gateways sharing the store; the local fallback admits `limit / instances`.
+    pub instances: u32,
+    /// Bound on one decision against the shared store, in milliseconds.
+    pub decision_timeout_ms: u64,
+    /// Bound on keys tracked in memory.
+    pub max_keys: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            policies: BTreeMap::from([("default".to_owned(), PolicyConfig::per_minute(100))]),
+            tiers: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            failure_mode: FailureMode::FailOpenLocal,
+            instances: 1,
+            decision_timeout_ms: DEFAULT_DECISION_TIMEOUT_MS,
+            max_keys: DEFAULT_LIMITER_MAX_KEYS,
+        }
+    }
+}
+
+/// One policy under `[ratelimit.policies.NAME]`: `limit` requests per `period_secs`, at most `burst`
+/// at once (GCRA).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Requests admitted per period.
+    pub limit: u64,
+    /// The period, in seconds.
+    pub period_secs: u64,
+    /// Requests admitted back to back; `limit` when absent.
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+impl PolicyConfig {
+    /// `limit` requests a minute, all of them at once if need be.
+    pub fn per_minute(limit: u64) -> Self {
+        Self {
+            limit,
+            period_secs: 60,
+            burst: None,
+        }
+    }
+}
+
+/// Behaviour when the shared rate-limit store fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Decide locally at `limit / instances` until the store is back.
+    FailOpenLocal,
+    /// Refuse with 503 until the store is back.
+    FailClosed,
+    /// Admit everything until the store is back.
+    FailOpen,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Turn the response cache off entirely.
+    pub enabled: bool,
+    /// Bound on entries held in memory.
+    pub max_entries: u64,
+    /// Bound on one operation against the shared store, in milliseconds.
+    pub timeout_ms: u64,
+    /// Time-to-live overrides by route path as declared, in seconds.
+    pub ttl_secs: BTreeMap<String, u64>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            timeout_ms: DEFAULT_CACHE_TIMEOUT_MS,
+            ttl_secs: BTreeMap::new(),
+        }
+    }
+}
+
+/// One backend under `[upstreams.NAME]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, e.g. `http://127.0.0.1:50051` (gRPC) or `http://127.0.0.1:9001` (REST).
+    pub url: String,
+    /// Per-call timeout, in milliseconds.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_upstream_timeout() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_MS
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with the default timeout.
+    pub fn at(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is invalid. The message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl<C> Config<C>
+where
+    C: Serialize + DeserializeOwned + Default,
+{
+    /// Layers `defaults` < the TOML `file` < `BFF_*` variables of `env`, then validates.
+    ///
+    /// Only variables with a `__` are read (`BFF_SERVER__LISTEN`), so unrelated `BFF_*` variables in
+    /// the environment cannot break start-up, while a typo inside a section still fails loudly.
+    pub fn load(defaults: &Self, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(defaults));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("BFF_")
+                .split("__")
+                .filter(|key| key.as_str().contains('.')),
+        );
+        let cfg: Self = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value and names the key of the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: String, rule: &str, got: String| {
+            Err(ConfigError(format!("{key} {rule}, got {got}")))
+        };
+        if self.server.body_limit_bytes == 0 {
+            return bad("server.body_limit_bytes".into(), "must be > 0", "0".into());
+        }
+        if self.server.request_timeout_ms == 0 {
+            return bad("server.request_timeout_ms".into(), "must be > 0", "0".into());
+        }
+        match self.auth.mode {
+            AuthMode::Jwt if self.auth.issuers.is_empty() => {
+                return bad(
+                    "auth.issuers".into(),
+                    "must name at least one issuer when auth.mode = \"jwt\"",
+                    "none".into(),
+                );
+            }
+            _ => {}
+        }
+        for (i, iss) in self.auth.issuers.iter().enumerate() {
+            let key = format!("auth.issuers[{i}]");
+            if iss.issuer.is_empty() {
+                return bad(format!("{key}.issuer"), "must not be empty", "\"\"".into());
+            }
+            if iss.audiences.is_empty() {
+                return bad(format!("{key}.audiences"), "must not be empty", "[]".into());
+            }
+            match (&iss.jwks_url, &iss.pem_file) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return bad(
+                        key,
+                        "must set exactly one of jwks_url and pem_file",
+                        "both or neither".into(),
+                    );
+                }
+                (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                    return bad(
+                        format!("{key}.jwks_url"),
+                        "must be an http(s) URL",
+                        format!("{url:?}"),
+                    );
+                }
+                (None, Some(_)) if iss.pem_algorithm.is_none() => {
+                    return bad(
+                        format!("{key}.pem_algorithm"),
+                        "must be set with pem_file",
+                        "none".into(),
+                    );
+                }
+                _ => {}
+            }
+            if iss.jwks_cooldown_secs == 0 {
+                return bad(format!("{key}.jwks_cooldown_secs"), "must be > 0", "0".into());
+            }
+        }
+        if self.auth.max_token_bytes < 64 {
+            return bad(
+                "auth.max_token_bytes".into(),
+                "must be >= 64",
+                self.auth.max_token_bytes.to_string(),
+            );
+        }
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(
+                    format!("auth.api_keys[{i}].sha256"),
+                    "must be 64 hex digits",
+                    format!("{:?}", key.sha256),
+                );
+            }
+        }
+        if let Some(url) = &self.redis.url
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+        {
+            return bad("redis.url".into(), "must start with redis:// or rediss://", format!("{url:?}"));
+        }
+        if self.redis.pool_size == 0 {
+            return bad("redis.pool_size".into(), "must be > 0", "0".into());
+        }
+        if !self.ratelimit.policies.contains_key("default") {
+            return bad(
+                "ratelimit.policies".into(),
+                "must define a `default` policy",
+                "none".into(),
+            );
+        }
+        for (name, p) in &self.ratelimit.policies {
+            let key = format!("ratelimit.policies.{name}");
+            if p.limit == 0 {
+                return bad(format!("{key}.limit"), "must be > 0", "0".into());
+            }
+            if p.period_secs == 0 {
+                return bad(format!("{key}.period_secs"), "must be > 0", "0".into());
+            }
+            if p.burst == Some(0) {
+                return bad(format!("{key}.burst"), "must be > 0", "0".into());
+            }
+        }
+        for (section, map) in [
+            ("ratelimit.tiers", &self.ratelimit.tiers),
+            ("ratelimit.routes", &self.ratelimit.routes),
+        ] {
+            for (k, policy) in map {
+                if !self.ratelimit.policies.contains_key(policy) {
+                    return bad(
+                        format!("{section}.{k:?}"),
+                        "must name a policy in ratelimit.policies",
+                        format!("{policy:?}"),
+                    );
+                }
+            }
+        }
+        if self.ratelimit.instances == 0 {
+            return bad("ratelimit.instances".into(), "must be > 0", "0".into());
+        }
+        if self.ratelimit.decision_timeout_ms == 0 {
+            return bad("ratelimit.decision_timeout_ms".into(), "must be > 0", "0".into());
+        }
+        if self.ratelimit.max_keys == 0 {
+            return bad("ratelimit.max_keys".into(), "must be > 0", "0".into());
+        }
+        if self.cache.max_entries == 0 {
+            return bad("cache.max_entries".into(), "must be > 0", "0".into());
+        }
+        for (name, up) in &self.upstreams {
+            if !up.url.starts_with("http://") && !up.url.starts_with("https://") {
+                return bad(
+                    format!("upstreams.{name}.url"),
+                    "must be an http(s) URL",
+                    format!("{:?}", up.url),
+                );
+            }
+            if up.timeout_ms == 0 {
+                return bad(format!("upstreams.{name}.timeout_ms"), "must be > 0", "0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Figment's errors already name the key path; keep them on one line and drop the provider noise.
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let what = e.kind.to_string();
+            if key.is_empty() {
+                what
+            } else {
+                format!("{key}: {what}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! Edge hygiene, applied before anything else looks at a request: a sane request id, a W3C trace
+//! context, the client's address, and removal of identity headers only the gateway may set.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use rand::RngCore;
+
+/// `X-Request-Id`.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// W3C `traceparent`.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Headers through which the gateway tells backends who is calling. A client that sends them is
+/// trying to impersonate someone: they are removed on the way in, always.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-user-id",
+    "x-user-scopes",
+    "x-user-tier",
+    "x-partner-id",
+    "x-api-version",
+];
+
+/// Longest client-sent request id we keep; anything longer (or not visible ASCII) is replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request's id, as accepted or assigned.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// The address of the client: the peer of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// The W3C trace this request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 16-byte trace id.
+    pub trace_id: [u8; 16],
+    /// Our span id for this request.
+    pub span_id: [u8; 8],
+    /// Trace flags (sampled = 1).
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Continues a valid `traceparent` (version 00), or starts a new trace.
+    pub fn from_header(value: Option<&HeaderValue>) -> Self {
+        value
+            .and_then(|v| v.to_str().ok())
+            .and_then(Self::parse)
+            .map(|(trace_id, flags)| Self { trace_id, span_id: random_span(), flags })
+            .unwrap_or_else(|| {
+                let mut trace_id = [0u8; 16];
+                rand::rng().fill_bytes(&mut trace_id);
+                Self { trace_id, span_id: random_span(), flags: 1 }
+            })
+    }
+
+    fn parse(s: &str) -> Option<([u8; 16], u8)> {
+        let mut parts = s.split('-');
+        let (Some("00"), Some(trace), Some(parent), Some(flags), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let trace_id: [u8; 16] = hex_decode(trace)?;
+        let parent_id: [u8; 8] = hex_decode(parent)?;
+        let [flags] = hex_decode::<1>(flags)?;
+        // All-zero ids are invalid by the specification.
+        if trace_id == [0; 16] || parent_id == [0; 8] {
+            return None;
+        }
+        Some((trace_id, flags))
+    }
+
+    /// The trace id in lower-case hex.
+    pub fn trace_id_hex(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// A `traceparent` for an outgoing call: same trace, a fresh span id for the call.
+    pub fn child_header(&self) -> String {
+        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&random_span()), self.flags)
+    }
+
+    /// Our own `traceparent`, returned to the client.
+    pub fn header(&self) -> String {
+        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), self.flags)
+    }
+}
+
+fn random_span() -> [u8; 8] {
+    let mut span = [0u8; 8];
+    rand::rng().fill_bytes(&mut span);
+    span
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn acceptable_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_REQUEST_ID
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// Middleware: request id, trace context, client address and identity-header removal; echoes the
+/// request id and our `traceparent` on the response.
+pub async fn hygiene(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| acceptable_request_id(v))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        });
+    let trace = TraceContext::from_header(req.headers().get(&TRACEPARENT));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let headers = req.headers_mut();
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    headers.insert(REQUEST_ID.clone(), id.clone());
+    let ext = req.extensions_mut();
+    ext.insert(RequestId(id.clone()));
+    ext.insert(trace);
+    ext.insert(ClientIp(peer));
+
+    let mut res = next.run(req).await;
+    let headers = res.headers_mut();
+    headers.insert(REQUEST_ID.clone(), id);
+    if let Ok(v) = HeaderValue::from_str(&trace.header()) {
+        headers.insert(TRACEPARENT.clone(), v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_traceparent() {
+        let v = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let t = TraceContext::from_header(Some(&v));
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = t.child_header();
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!child.contains("00f067aa0ba902b7"));
+    }
+
+    #[test]
+    fn starts_a_new_trace_on_garbage() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f35-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let t = TraceContext::from_header(Some(&HeaderValue::from_static(bad)));
+            assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_checked() {
+        assert!(acceptable_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!acceptable_request_id(&HeaderValue::from_static("a b")));
+        assert!(!acceptable_request_id(&HeaderValue::from_str(&"a".repeat(200)).expect("hv")));
+    }
+}

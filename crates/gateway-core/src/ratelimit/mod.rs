@@ -1,0 +1,331 @@
+//! Rate limiting: GCRA decisions per principal and route policy, against an in-memory store or a
+//! shared Redis store with an explicit failure policy, and the limit headers on every answer.
+//!
+//! Headers written on every limited response (2xx included):
+//! `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the bucket is
+//! full again), IETF `RateLimit-Policy: "name";q=limit;w=period` and `RateLimit: "name";r=R;t=T`;
+//! on 429 also `Retry-After` (whole seconds, rounded up).
+
+pub mod gcra;
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::Principal;
+use crate::config::{FailureMode, RateLimitConfig};
+use crate::edge::ClientIp;
+use crate::error::GatewayError;
+use crate::store::StoreError;
+use memory::MemoryStore;
+
+/// A resolved policy: `limit` per `period`, `burst` at once.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Name, as in the configuration and the `RateLimit-Policy` header.
+    pub name: Arc<str>,
+    /// Requests per period.
+    pub limit: u64,
+    /// The period.
+    pub period: Duration,
+    /// Requests admitted back to back.
+    pub burst: u64,
+    /// Microseconds between two admissions at the sustained rate.
+    pub interval_us: u64,
+    policy_header: HeaderValue,
+}
+
+impl Policy {
+    /// A policy of `limit` per `period` with `burst`.
+    pub fn new(name: &str, limit: u64, period: Duration, burst: u64) -> Self {
+        let interval_us = (period.as_micros() as u64 / limit.max(1)).max(1);
+        let policy_header = HeaderValue::from_str(&format!(
+            "\"{name}\";q={limit};w={}",
+            period.as_secs().max(1)
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
+        Self {
+            name: name.into(),
+            limit,
+            period,
+            burst: burst.max(1),
+            interval_us,
+            policy_header,
+        }
+    }
+
+    /// GCRA's tolerance: how far ahead of now the TAT may run.
+    pub fn tolerance_us(&self) -> u64 {
+        self.interval_us * self.burst
+    }
+
+    /// The same policy for one of `n` gateways deciding alone.
+    fn share(&self, n: u32) -> Self {
+        let n = u64::from(n.max(1));
+        Self::new(
+            &self.name,
+            self.limit.div_ceil(n),
+            self.period,
+            self.burst.div_ceil(n),
+        )
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// Requests that would still be admitted right now.
+    pub remaining: u64,
+    /// Microseconds until the bucket is full again.
+    pub reset_us: u64,
+    /// Microseconds until the next request would be admitted (0 when allowed).
+    pub retry_after_us: u64,
+}
+
+/// A store of limiter state shared between gateways.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Decides one request for `key` under `policy`, atomically.
+    async fn decide(&self, key: &str, policy: &Policy) -> Result<Decision, StoreError>;
+}
+
+/// One BFF's limiter: policies, the store, and what to do when the store fails.
+pub struct RateLimiter {
+    bff: &'static str,
+    policies: HashMap<String, (Policy, Policy)>,
+    tiers: HashMap<String, String>,
+    routes: HashMap<String, String>,
+    shared: Option<Arc<dyn RateLimitStore>>,
+    local: MemoryStore,
+    failure_mode: FailureMode,
+    instances: u32,
+    degraded: AtomicBool,
+    epoch: Instant,
+}
+
+impl RateLimiter {
+    /// Builds the limiter; `shared` is the Redis store when one is configured.
+    pub fn new(
+        bff: &'static str,
+        cfg: &RateLimitConfig,
+        shared: Option<Arc<dyn RateLimitStore>>,
+    ) -> Self {
+        let policies = cfg
+            .policies
+            .iter()
+            .map(|(name, p)| {
+                let policy = Policy::new(
+                    name,
+                    p.limit,
+                    Duration::from_secs(p.period_secs),
+                    p.burst.unwrap_or(p.limit),
+                );
+                let local = policy.share(cfg.instances);
+                (name.clone(), (policy, local))
+            })
+            .collect();
+        Self {
+            bff,
+            policies,
+            tiers: cfg.tiers.clone().into_iter().collect(),
+            routes: cfg.routes.clone().into_iter().collect(),
+            shared,
+            local: MemoryStore::new(cfg.max_keys),
+            failure_mode: cfg.failure_mode,
+            instances: cfg.instances,
+            degraded: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The policy for a request: by route first, then by tier, then `default`.
+    fn policy_for(&self, route: Option<&str>, tier: Option<&str>) -> &(Policy, Policy) {
+        let named = route
+            .and_then(|r| self.routes.get(r))
+            .or_else(|| tier.and_then(|t| self.tiers.get(t)))
+            .and_then(|name| self.policies.get(name));
+        // `default` always exists: configuration validation refuses a limiter without it.
+        named.unwrap_or_else(|| &self.policies["default"])
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Decides one request for `key`, applying the failure policy when the shared store fails.
+    pub async fn decide(&self, key: &str, policy: &(Policy, Policy)) -> Result<Decision, GatewayError> {
+        let (policy, local_share) = policy;
+        let Some(shared) = &self.shared else {
+            let d = self.local.decide(key, policy, self.now_us());
+            record(self.bff, d.allowed, "memory");
+            return Ok(d);
+        };
+        match shared.decide(key, policy).await {
+            Ok(d) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    tracing::info!(bff = self.bff, "rate-limit store recovered; shared limits back in force");
+                }
+                record(self.bff, d.allowed, "shared");
+                Ok(d)
+            }
+            Err(err) => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(bff = self.bff, error = %err, mode = ?self.failure_mode, instances = self.instances,
+                        "rate-limit store unavailable; applying failure mode until it recovers");
+                }
+                match self.failure_mode {
+                    FailureMode::FailOpenLocal => {
+                        let d = self.local.decide(key, local_share, self.now_us());
+                        record(self.bff, d.allowed, "fail_open_local");
+                        Ok(d)
+                    }
+                    FailureMode::FailOpen => {
+                        record(self.bff, true, "fail_open");
+                        Ok(Decision { allowed: true, remaining: policy.burst, reset_us: 0, retry_after_us: 0 })
+                    }
+                    FailureMode::FailClosed => {
+                        record(self.bff, false, "fail_closed");
+                        Err(GatewayError::LimiterUnavailable)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn record(bff: &'static str, allowed: bool, mode: &'static str) {
+    let decision = if allowed { "allowed" } else { "limited" };
+    metrics::counter!("bff_ratelimit_decisions_total", "bff" => bff, "decision" => decision, "mode" => mode)
+        .increment(1);
+}
+
+/// Middleware: decide, then answer 429/503 or pass on, writing the limit headers either way.
+pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+    let principal = req.extensions().get::<Principal>();
+    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let policy = limiter.policy_for(route, principal.and_then(|p| p.tier.as_deref()));
+    // Limits apply per subject; anonymous routes (none today) would fall back to the client address.
+    let subject = match principal {
+        Some(p) => format!("{}:{}:{}", limiter.bff, policy.0.name, p.subject),
+        None => {
+            let ip = req.extensions().get::<ClientIp>().map(|ip| ip.0.to_string()).unwrap_or_default();
+            format!("{}:{}:ip:{ip}", limiter.bff, policy.0.name)
+        }
+    };
+    match limiter.decide(&subject, policy).await {
+        Ok(d) if d.allowed => {
+            let mut res = next.run(req).await;
+            write_headers(res.headers_mut(), &policy.0, &d);
+            res
+        }
+        Ok(d) => {
+            let retry_after_secs = d.retry_after_us.div_ceil(1_000_000).max(1);
+            let mut res = GatewayError::RateLimited { retry_after_secs }.into_response();
+            write_headers(res.headers_mut(), &policy.0, &d);
+            res
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Writes the limit headers of `decision` under `policy`.
+pub fn write_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
+    let reset = decision.reset_us.div_ceil(1_000_000);
+    headers.insert(X_LIMIT.clone(), HeaderValue::from(policy.burst));
+    headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining));
+    headers.insert(X_RESET.clone(), HeaderValue::from(reset));
+    headers.insert(POLICY.clone(), policy.policy_header.clone());
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r={};t={reset}", policy.name, decision.remaining)) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyConfig;
+
+    struct Down;
+
+    #[async_trait]
+    impl RateLimitStore for Down {
+        async fn decide(&self, _: &str, _: &Policy) -> Result<Decision, StoreError> {
+            Err(StoreError::Timeout)
+        }
+    }
+
+    fn cfg(mode: FailureMode, instances: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            failure_mode: mode,
+            instances,
+            policies: [("default".to_owned(), PolicyConfig::per_minute(10))].into(),
+            ..RateLimitConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_limiter_admits_exactly_the_limit_under_concurrency() {
+        let limiter = Arc::new(RateLimiter::new("t", &cfg(FailureMode::FailOpenLocal, 1), None));
+        let tasks: Vec<_> = (0..15)
+            .map(|_| {
+                let l = limiter.clone();
+                tokio::spawn(async move {
+                    let p = l.policy_for(None, None).clone();
+                    l.decide("user", &p).await.map(|d| d.allowed).unwrap_or(false)
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += usize::from(t.await.unwrap_or(false));
+        }
+        assert_eq!(admitted, 10);
+    }
+
+    #[tokio::test]
+    async fn fail_open_local_divides_the_limit_by_instances() {
+        let limiter = RateLimiter::new("t", &cfg(FailureMode::FailOpenLocal, 2), Some(Arc::new(Down)));
+        let p = limiter.policy_for(None, None).clone();
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += usize::from(limiter.decide("u", &p).await.map(|d| d.allowed).unwrap_or(false));
+        }
+        assert_eq!(admitted, 5);
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_with_503() {
+        let limiter = RateLimiter::new("t", &cfg(FailureMode::FailClosed, 1), Some(Arc::new(Down)));
+        let p = limiter.policy_for(None, None).clone();
+        assert!(matches!(limiter.decide("u", &p).await, Err(GatewayError::LimiterUnavailable)));
+    }
+
+    #[test]
+    fn headers_follow_the_decision() {
+        let p = Policy::new("default", 100, Duration::from_secs(60), 100);
+        let mut h = HeaderMap::new();
+        write_headers(&mut h, &p, &Decision { allowed: true, remaining: 42, reset_us: 1_500_000, retry_after_us: 0 });
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "42");
+        assert_eq!(h["x-ratelimit-reset"], "2");
+        assert_eq!(h["ratelimit-policy"], "\"default\";q=100;w=60");
+        assert_eq!(h["ratelimit"], "\"default\";r=42;t=2");
+    }
+}

@@ -1,0 +1,322 @@
+//! The [`Gateway`]: one BFF's shared machinery, the composition of the pipeline around its routes,
+//! and the server runner with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+use crate::aggregate::{ApiResponse, CacheStatus, Shaped};
+use crate::auth::apikey::{ApiKeyStore, KeyHash, LayeredApiKeyStore, MemoryApiKeyStore, RedisApiKeyStore};
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::{self, Authenticator};
+use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache};
+use crate::config::{AuthMode, Config, ConfigError};
+use crate::error::GatewayError;
+use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
+use crate::store::Redis;
+use crate::upstream::{Deadline, Upstreams};
+use crate::{edge, telemetry};
+
+/// One BFF's machinery, shared by all its handlers. Cheap to clone.
+pub struct Gateway<C> {
+    inner: Arc<Shared<C>>,
+}
+
+impl<C> Clone for Gateway<C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+/// What a [`Gateway`] holds.
+pub struct Shared<C> {
+    /// The BFF's name, as in logs and metrics (`bff-mobile`).
+    pub bff: &'static str,
+    /// Its validated configuration.
+    pub config: Config<C>,
+    /// How callers authenticate.
+    pub auth: Arc<Authenticator>,
+    /// Rate limits.
+    pub limiter: Arc<RateLimiter>,
+    /// Response cache.
+    pub cache: ResponseCache,
+    /// Backends.
+    pub upstreams: Upstreams,
+    /// Shared Redis, when configured.
+    pub redis: Option<Redis>,
+    ready: AtomicBool,
+}
+
+impl<C> Deref for Gateway<C> {
+    type Target = Shared<C>;
+    fn deref(&self) -> &Shared<C> {
+        &self.inner
+    }
+}
+
+/// Builds a [`Gateway`] from a validated configuration.
+pub struct GatewayBuilder<C> {
+    bff: &'static str,
+    config: Config<C>,
+    api_keys: Option<Arc<dyn ApiKeyStore>>,
+}
+
+impl<C: Send + Sync + 'static> Gateway<C> {
+    /// Starts building the gateway of `bff` from `config`.
+    pub fn builder(bff: &'static str, config: Config<C>) -> GatewayBuilder<C> {
+        GatewayBuilder { bff, config, api_keys: None }
+    }
+}
+
+impl<C: Send + Sync + 'static> GatewayBuilder<C> {
+    /// Uses `store` as the shared API-key store (devstack shares one with its identity provider).
+    pub fn api_key_store(mut self, store: Arc<dyn ApiKeyStore>) -> Self {
+        self.api_keys = Some(store);
+        self
+    }
+
+    /// Builds every component. Nothing here touches the network: Redis and JWKS are reached lazily,
+    /// so a backend that is down at start-up delays nothing.
+    pub fn build(self) -> Result<Gateway<C>, ConfigError> {
+        let cfg = self.config;
+        let redis = Redis::from_config(&cfg.redis)?;
+        let redis_bound = Duration::from_millis(cfg.redis.timeout_ms);
+        let auth = match cfg.auth.mode {
+            AuthMode::Jwt => {
+                let http = reqwest::Client::builder()
+                    .build()
+                    .map_err(|e| ConfigError(format!("auth: cannot build HTTP client: {e}")))?;
+                Authenticator::Jwt(JwtVerifier::new(&cfg.auth, http)?)
+            }
+            AuthMode::ApiKey => {
+                let shared: Arc<dyn ApiKeyStore> = match (self.api_keys, &redis) {
+                    (Some(store), _) => store,
+                    (None, Some(r)) => Arc::new(RedisApiKeyStore::new(r.clone(), redis_bound)),
+                    (None, None) => Arc::new(MemoryApiKeyStore::default()),
+                };
+                let configured = cfg
+                    .auth
+                    .api_keys
+                    .iter()
+                    .filter_map(|k| {
+                        let record = auth::apikey::ApiKeyRecord {
+                            partner: k.partner.clone(),
+                            tier: k.tier.clone(),
+                            version: k.version.clone(),
+                        };
+                        Some((KeyHash::from_hex(&k.sha256.to_ascii_lowercase())?, record))
+                    })
+                    .collect();
+                Authenticator::ApiKey(Arc::new(LayeredApiKeyStore { configured, shared }))
+            }
+        };
+        let limit_store = redis.clone().map(|r| {
+            let bound = Duration::from_millis(cfg.ratelimit.decision_timeout_ms);
+            Arc::new(RedisStore::new(r, bound)) as Arc<dyn RateLimitStore>
+        });
+        let cache_store: Arc<dyn CacheStore> = match &redis {
+            Some(r) => Arc::new(RedisCache::new(r.clone())),
+            None => Arc::new(MemoryCache::new(cfg.cache.max_entries)),
+        };
+        let shared = Shared {
+            bff: self.bff,
+            auth: Arc::new(auth),
+            limiter: Arc::new(RateLimiter::new(self.bff, &cfg.ratelimit, limit_store)),
+            cache: ResponseCache::new(self.bff, &cfg.cache, Some(cache_store)),
+            upstreams: Upstreams::new(&cfg.upstreams)?,
+            redis,
+            config: cfg,
+            ready: AtomicBool::new(true),
+        };
+        Ok(Gateway { inner: Arc::new(shared) })
+    }
+}
+
+impl<C: Send + Sync + 'static> Gateway<C> {
+    /// Wraps a BFF's API routes in the pipeline and adds the operational endpoints.
+    ///
+    /// Order, outermost first, with the reason for each position:
+    /// 1. edge hygiene: request id and trace context exist before anything logs; identity headers a
+    ///    client forged are gone before anything reads them;
+    /// 2. access log and metrics: see every answer, rejections included;
+    /// 3. deadline and body limit: bound the work any request can cause;
+    /// 4. authentication (API routes only): before limits, so limits apply per subject;
+    /// 5. rate limit: after authentication, before any cache or upstream work;
+    /// 6. the route: cache lookup, fan-out, shaping.
+    pub fn router(&self, api: Router<Gateway<C>>) -> Router {
+        let api = api
+            .with_state(self.clone())
+            .layer(middleware::from_fn_with_state(self.limiter.clone(), ratelimit::limit))
+            .layer(middleware::from_fn_with_state(self.auth.clone(), auth::authenticate));
+        let ops = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz::<C>))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone());
+        ops.merge(api)
+            .fallback(|| async { GatewayError::NotFound("such route".into()) })
+            .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
+            .layer(
+                ServiceBuilder::new()
+                    .layer(middleware::from_fn(edge::hygiene))
+                    .layer(middleware::from_fn_with_state(self.bff, telemetry::access_log))
+                    // Bodies read by extractors are bounded even when no length was declared.
+                    .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes))
+                    .layer(middleware::from_fn_with_state(
+                        Bounds {
+                            timeout: Duration::from_millis(self.config.server.request_timeout_ms),
+                            body_limit: self.config.server.body_limit_bytes,
+                        },
+                        bounds,
+                    )),
+            )
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the gateway draining: `/readyz` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.ready.store(false, Ordering::Relaxed);
+    }
+
+    /// Serves a cached JSON route: a fresh entry answers at once (`HIT`); otherwise `compute` runs
+    /// and a complete answer is stored (`MISS`); if computing fails with a server-side error and a
+    /// stale entry exists within `stale_for`, that is served (`STALE`). Partial answers are never stored.
+    pub async fn cached<F, Fut>(
+        &self,
+        route: &str,
+        key: &str,
+        ttl: Duration,
+        stale_for: Duration,
+        compute: F,
+    ) -> Result<ApiResponse, GatewayError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Shaped, GatewayError>>,
+    {
+        let stale = match self.cache.lookup(key).await {
+            Lookup::Fresh(body) => {
+                return Ok(ApiResponse { body, cache: Some(CacheStatus::Hit), degraded: Vec::new() });
+            }
+            Lookup::Stale(body) => Some(body),
+            Lookup::Miss => None,
+        };
+        match compute().await {
+            Ok(shaped) => {
+                let res = ApiResponse::from_shaped(&shaped, Some(CacheStatus::Miss));
+                if shaped.degraded.is_empty() {
+                    let ttl = self.cache.ttl(route, ttl);
+                    self.cache.store(key, res.body.clone(), ttl, stale_for).await;
+                }
+                Ok(res)
+            }
+            Err(err) if err.status().is_server_error() => match stale {
+                Some(body) => Ok(ApiResponse { body, cache: Some(CacheStatus::Stale), degraded: Vec::new() }),
+                None => Err(err),
+            },
+            Err(err) => Err(err),
+        }
+    }
+}
+
+async fn readyz<C: Send + Sync + 'static>(State(gw): State<Gateway<C>>) -> Response {
+    if gw.is_ready() { "ready".into_response() } else { GatewayError::Unavailable.into_response() }
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        telemetry::metrics_handle().render(),
+    )
+        .into_response()
+}
+
+#[derive(Clone, Copy)]
+struct Bounds {
+    timeout: Duration,
+    body_limit: usize,
+}
+
+/// Refuses a declared body over the limit before reading it, and bounds the time to produce the
+/// response head (a streamed body, such as server-sent events, is not cut by this bound).
+async fn bounds(State(b): State<Bounds>, mut req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > b.body_limit as u64) {
+        return GatewayError::PayloadTooLarge.into_response();
+    }
+    req.extensions_mut().insert(Deadline(Instant::now() + b.timeout));
+    match tokio::time::timeout(b.timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => GatewayError::UpstreamTimeout("request".into()).into_response(),
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets in-flight
+/// requests finish within `grace`, and returns.
+pub async fn serve(
+    app: Router,
+    listener: TcpListener,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_drain: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut server = tokio::spawn(server.into_future());
+    tokio::select! {
+        res = &mut server => return res.unwrap_or(Ok(())),
+        () = shutdown => {}
+    }
+    on_drain();
+    stop.cancel();
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(res) => res.unwrap_or(Ok(())),
+        Err(_) => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections");
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

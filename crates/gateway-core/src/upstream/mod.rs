@@ -1,0 +1,259 @@
+//! Calls to backends: one pooled HTTP client for every REST upstream (keep-alive), one lazily
+//! connected HTTP/2 channel per gRPC upstream, and the per-request context every call carries
+//! downstream (identity, request id, `traceparent`, deadline).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderValue;
+use axum::http::request::Parts;
+use serde_json::Value;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::{Principal, PrincipalKind};
+use crate::config::{ConfigError, UpstreamConfig};
+use crate::edge::{RequestId, TraceContext};
+use crate::error::GatewayError;
+
+/// Bound on a REST upstream's response body.
+const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
+/// Header carrying the remaining request budget to REST backends, in milliseconds.
+pub const DEADLINE_HEADER: &str = "x-request-deadline-ms";
+
+/// Why an upstream call produced no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The call did not finish within its deadline.
+    #[error("timed out")]
+    Timeout,
+    /// The resource does not exist upstream.
+    #[error("not found")]
+    NotFound,
+    /// The upstream refused the request as invalid.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Connection failure, 5xx, or an answer we could not decode.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl From<tonic::Status> for UpstreamError {
+    fn from(s: tonic::Status) -> Self {
+        use tonic::Code;
+        match s.code() {
+            Code::NotFound => Self::NotFound,
+            Code::DeadlineExceeded => Self::Timeout,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => {
+                Self::Rejected(s.message().to_owned())
+            }
+            code => Self::Failed(format!("grpc {code:?}")),
+        }
+    }
+}
+
+/// One backend.
+pub struct Upstream {
+    /// Its name in the configuration.
+    pub name: String,
+    base: String,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    http: reqwest::Client,
+    channel: OnceLock<Channel>,
+}
+
+impl Upstream {
+    /// The gRPC channel, created on first use and shared after: HTTP/2, multiplexed, reconnecting.
+    pub fn channel(&self) -> Channel {
+        self.channel
+            .get_or_init(|| {
+                // The URL was validated at configuration time; a failure here is a bug, and an
+                // unusable channel (every call fails and is reported as such) is the honest result.
+                Endpoint::from_shared(self.base.clone())
+                    .unwrap_or_else(|_| Endpoint::from_static("http://invalid.invalid"))
+                    .connect_timeout(self.timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy()
+            })
+            .clone()
+    }
+
+    /// `GET {base}{path_and_query}` and decode a JSON answer.
+    pub async fn get_json(&self, ctx: &CallContext, path_and_query: &str) -> Result<Value, UpstreamError> {
+        let timeout = ctx.budget(self.timeout);
+        let mut req = self.http.get(format!("{}{path_and_query}", self.base)).timeout(timeout);
+        for (name, value) in ctx.headers(timeout) {
+            req = req.header(name, value);
+        }
+        let res = req.send().await.map_err(|e| {
+            if e.is_timeout() { UpstreamError::Timeout } else { UpstreamError::Failed("connect".into()) }
+        })?;
+        let status = res.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(UpstreamError::NotFound);
+        }
+        if status.is_client_error() {
+            return Err(UpstreamError::Rejected(format!("status {status}")));
+        }
+        if !status.is_success() {
+            return Err(UpstreamError::Failed(format!("status {status}")));
+        }
+        if res.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
+            return Err(UpstreamError::Failed("body too large".into()));
+        }
+        let body = res.bytes().await.map_err(|e| {
+            if e.is_timeout() { UpstreamError::Timeout } else { UpstreamError::Failed("body".into()) }
+        })?;
+        serde_json::from_slice(&body).map_err(|_| UpstreamError::Failed("invalid JSON".into()))
+    }
+}
+
+/// Every upstream of one BFF, by name.
+pub struct Upstreams {
+    by_name: HashMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Builds the registry; REST upstreams share one pooled client.
+    pub fn new(cfg: &BTreeMap<String, UpstreamConfig>) -> Result<Self, ConfigError> {
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| ConfigError(format!("upstreams: cannot build HTTP client: {e}")))?;
+        let by_name = cfg
+            .iter()
+            .map(|(name, c)| {
+                let up = Upstream {
+                    name: name.clone(),
+                    base: c.url.trim_end_matches('/').to_owned(),
+                    timeout: Duration::from_millis(c.timeout_ms),
+                    http: http.clone(),
+                    channel: OnceLock::new(),
+                };
+                (name.clone(), Arc::new(up))
+            })
+            .collect();
+        Ok(Self { by_name })
+    }
+
+    /// The upstream called `name`; BFFs check at build time that theirs exist (see [`Self::require`]).
+    pub fn get(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// Fails with a configuration error naming the first missing upstream.
+    pub fn require(&self, names: &[&str]) -> Result<(), ConfigError> {
+        match names.iter().find(|n| !self.by_name.contains_key(**n)) {
+            Some(missing) => Err(ConfigError(format!(
+                "upstreams.{missing} must be configured: this BFF calls it"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What every upstream call of one request carries: who is calling, the request id, the trace and
+/// the request's deadline.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// The authenticated principal, if any.
+    pub principal: Option<Principal>,
+    request_id: Option<RequestId>,
+    trace: Option<TraceContext>,
+    deadline: Option<Instant>,
+}
+
+/// The request-wide deadline, set by the server from `server.request_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallContext {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            principal: parts.extensions.get::<Principal>().cloned(),
+            request_id: parts.extensions.get::<RequestId>().cloned(),
+            trace: parts.extensions.get::<TraceContext>().copied(),
+            deadline: parts.extensions.get::<Deadline>().map(|d| d.0),
+        })
+    }
+}
+
+impl CallContext {
+    /// A context for calls made outside any request (health checks, tests).
+    pub fn detached() -> Self {
+        Self { principal: None, request_id: None, trace: None, deadline: None }
+    }
+
+    /// The principal's subject; routes behind authentication always have one.
+    pub fn subject(&self) -> Result<&str, GatewayError> {
+        self.principal.as_ref().map(|p| &*p.subject).ok_or(GatewayError::Internal)
+    }
+
+    /// The smaller of `timeout` and what is left of the request's deadline.
+    pub fn budget(&self, timeout: Duration) -> Duration {
+        match self.deadline {
+            Some(d) => timeout.min(d.saturating_duration_since(Instant::now())),
+            None => timeout,
+        }
+    }
+
+    /// The headers (or metadata) a backend call carries.
+    fn headers(&self, timeout: Duration) -> Vec<(&'static str, HeaderValue)> {
+        let mut out = Vec::with_capacity(7);
+        if let Some(p) = &self.principal {
+            let id_header = match p.kind {
+                PrincipalKind::User => "x-user-id",
+                PrincipalKind::Partner { .. } => "x-partner-id",
+            };
+            push(&mut out, id_header, &p.subject);
+            if !p.scopes.is_empty() {
+                push(&mut out, "x-user-scopes", &p.scopes.join(" "));
+            }
+            if let Some(tier) = &p.tier {
+                push(&mut out, "x-user-tier", tier);
+            }
+        }
+        if let Some(id) = &self.request_id {
+            out.push(("x-request-id", id.0.clone()));
+        }
+        if let Some(trace) = &self.trace {
+            push(&mut out, "traceparent", &trace.child_header());
+        }
+        out.push((DEADLINE_HEADER, HeaderValue::from(timeout.as_millis() as u64)));
+        out
+    }
+
+    /// A gRPC request carrying identity, request id and `traceparent` as metadata, and the budget
+    /// as `grpc-timeout`.
+    pub fn grpc<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let budget = self.budget(timeout);
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(budget);
+        let md = req.metadata_mut();
+        for (name, value) in self.headers(budget) {
+            if name == DEADLINE_HEADER {
+                continue;
+            }
+            if let Ok(v) = MetadataValue::try_from(value.as_bytes()) {
+                md.insert(name, v);
+            }
+        }
+        req
+    }
+}
+
+fn push(out: &mut Vec<(&'static str, HeaderValue)>, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        out.push((name, v));
+    }
+}
