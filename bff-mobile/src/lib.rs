@@ -1,1 +1,225 @@
-//! stub
+//! `bff-mobile`: the BFF of the iOS and Android apps.
+//!
+//! Compact shapes for cellular networks, one call where an app would otherwise make several,
+//! compressed answers, and a floor on the app version (`X-Client-Version`).
+//!
+//! | route | scope | parts | cache |
+//! |---|---|---|---|
+//! | `GET /api/v2/user/profile` | `profile:read` | user (required), subscription, preferences | 60 s per user |
+//! | `GET /api/home-feed` | `feed:read` | content (required), recommendations, ads | 30 s per user |
+
+mod version;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::middleware;
+use axum::routing::get;
+use backend_clients as backends;
+use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
+use gateway_core::upstream::Upstream;
+use gateway_core::{
+    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer, Shaped,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tower_http::compression::CompressionLayer;
+
+pub use version::ClientVersion;
+
+/// The mobile BFF's own settings, under `[client]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MobileClient {
+    /// Oldest app version served (`MAJOR.MINOR.PATCH`); older apps get 426. Empty disables the check.
+    pub min_client_version: String,
+    /// Width in pixels of the images the feed links to.
+    pub image_width: u32,
+}
+
+impl Default for MobileClient {
+    fn default() -> Self {
+        Self {
+            min_client_version: "2.0.0".to_owned(),
+            image_width: 360,
+        }
+    }
+}
+
+/// The binary's description: name, defaults, upstreams, routes.
+pub const BFF: gateway_core::cli::Bff<MobileClient> = gateway_core::cli::Bff {
+    name: "bff-mobile",
+    defaults,
+    upstreams: &[
+        "user",
+        "subscription",
+        "preferences",
+        "content",
+        "ads",
+        "recommendations",
+    ],
+    app,
+};
+
+const PROFILE: &str = "/api/v2/user/profile";
+const HOME_FEED: &str = "/api/home-feed";
+
+/// Built-in defaults: port 8081, devstack's identity provider and backends.
+pub fn defaults() -> Config<MobileClient> {
+    Config::local(8081, "bff-mobile")
+        .upstream("user", DEV_GRPC_URL, 800)
+        .upstream("subscription", DEV_GRPC_URL, 300)
+        .upstream("preferences", DEV_GRPC_URL, 300)
+        .upstream("content", DEV_REST_URL, 500)
+        .upstream("ads", DEV_REST_URL, 250)
+        .upstream("recommendations", DEV_REST_URL, 400)
+}
+
+type Gw = Gateway<MobileClient>;
+
+/// The whole mobile router: routes, then the shared pipeline, then compression.
+pub fn app(gw: Gw) -> Router {
+    let minimum = version::Minimum::parse(&gw.config.client.min_client_version);
+    let api = Router::new()
+        .route(
+            PROFILE,
+            get(profile).layer(RequireScopeLayer::new("profile:read")),
+        )
+        .route(
+            HOME_FEED,
+            get(home_feed).layer(RequireScopeLayer::new("feed:read")),
+        )
+        // Refuse outdated apps before any auth or backend work.
+        .layer(middleware::from_fn_with_state(
+            Arc::new(minimum),
+            version::enforce,
+        ));
+    gw.router(api)
+        .layer(CompressionLayer::new().gzip(true).br(true))
+}
+
+fn upstream(gw: &Gw, name: &str) -> Result<Arc<Upstream>, GatewayError> {
+    // Presence is checked at start-up (`BFF.upstreams`), so a miss here is our bug.
+    gw.upstreams.get(name).ok_or(GatewayError::Internal)
+}
+
+/// `GET /api/v2/user/profile`: user, subscription and preferences in one compact object.
+async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, GatewayError> {
+    let user_id = ctx.subject()?.to_owned();
+    let key = gw.cache.key(&user_id, "profile", "v2");
+    gw.cached(
+        PROFILE,
+        &key,
+        Duration::from_secs(60),
+        Duration::ZERO,
+        || async {
+            let (user, sub, prefs) = (
+                upstream(&gw, "user")?,
+                upstream(&gw, "subscription")?,
+                upstream(&gw, "preferences")?,
+            );
+            let mut parts = FanOut::new()
+                .part(
+                    "user",
+                    Need::Required,
+                    user.timeout,
+                    backends::user(user.clone(), ctx.clone(), user_id.clone()),
+                )
+                .part(
+                    "subscription",
+                    Need::Optional,
+                    sub.timeout,
+                    backends::current_subscription(sub.clone(), ctx.clone(), user_id.clone()),
+                )
+                .part(
+                    "preferences",
+                    Need::Optional,
+                    prefs.timeout,
+                    backends::preferences(prefs.clone(), ctx.clone(), user_id.clone()),
+                )
+                .run()
+                .await?;
+            let user = parts.take("user").unwrap_or(Value::Null);
+            let mut body = Map::new();
+            body.insert(
+            "user".into(),
+            json!({"id": user["id"], "name": user["display_name"], "avatar": user["avatar_url"]}),
+        );
+            body.insert(
+                "subscription".into(),
+                parts.take("subscription").map_or(Value::Null, |s| {
+                    backends::pick(&s, &["plan", "status", "renews_at"])
+                }),
+            );
+            body.insert(
+                "preferences".into(),
+                parts.take("preferences").map_or(Value::Null, |p| {
+                    backends::pick(&p, &["language", "theme", "autoplay"])
+                }),
+            );
+            Ok(parts.respond(body))
+        },
+    )
+    .await
+}
+
+/// `GET /api/home-feed`: recommendations, then the featured catalogue with an ad every fourth slot.
+async fn home_feed(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, GatewayError> {
+    let user_id = ctx.subject()?.to_owned();
+    let key = gw.cache.key(&user_id, "home-feed", "v1");
+    gw.cached(HOME_FEED, &key, Duration::from_secs(30), Duration::ZERO, || async {
+        let (content, ads, recs) = (upstream(&gw, "content")?, upstream(&gw, "ads")?, upstream(&gw, "recommendations")?);
+        let mut parts = FanOut::new()
+            .part("content", Need::Required, content.timeout, backends::content_list(content.clone(), ctx.clone(), "featured"))
+            .part("ads", Need::Optional, ads.timeout, backends::ads(ads.clone(), ctx.clone(), user_id.clone(), "feed", 3))
+            .part(
+                "recommendations",
+                Need::Optional,
+                recs.timeout,
+                backends::recommendations(recs.clone(), ctx.clone(), user_id.clone(), 10),
+            )
+            .run()
+            .await?;
+        let width = gw.config.client.image_width;
+        let tile = |item: &Value| {
+            json!({
+                "type": "item",
+                "id": item["id"],
+                "title": item["title"],
+                "image": format!("{}?w={width}", item["image_url"].as_str().unwrap_or_default()),
+            })
+        };
+        let featured: Vec<Value> = parts.take("content").and_then(|c| c.get("items").cloned()).map_or_else(Vec::new, |items| {
+            items.as_array().map(|a| a.iter().map(tile).collect()).unwrap_or_default()
+        });
+        let ads: Vec<Value> = parts
+            .take("ads")
+            .and_then(|a| a.get("ads").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|ad| json!({"type": "ad", "id": ad["id"], "headline": ad["headline"], "image": ad["image_url"], "link": ad["click_url"]}))
+            .collect();
+        let mut feed = Vec::with_capacity(featured.len() + ads.len());
+        let mut ads = ads.into_iter();
+        for (i, item) in featured.into_iter().enumerate() {
+            if i % 4 == 3 && let Some(ad) = ads.next() {
+                feed.push(ad);
+            }
+            feed.push(item);
+        }
+        let for_you: Vec<Value> = parts
+            .take("recommendations")
+            .and_then(|r| r.get("items").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|r| json!({"id": r["item_id"], "reason": r["reason"]}))
+            .collect();
+        let mut body = Map::new();
+        body.insert("for_you".into(), Value::Array(for_you));
+        body.insert("feed".into(), Value::Array(feed));
+        Ok::<Shaped, GatewayError>(parts.respond(body))
+    })
+    .await
+}

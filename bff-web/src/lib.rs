@@ -1,1 +1,138 @@
-//! stub
+//! `bff-web`: the BFF of the browser app.
+//!
+//! Rich shapes (full descriptions, related items) and CORS for the configured origins.
+//!
+//! | route | scope | parts | cache |
+//! |---|---|---|---|
+//! | `GET /api/profile` | `profile:read` | user (required), subscription, preferences | 60 s per user |
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, header};
+use axum::routing::get;
+use backend_clients as backends;
+use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
+use gateway_core::{
+    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// The web BFF's own settings, under `[client]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebClient {
+    /// Origins allowed to call from a browser (exact matches, e.g. `https://app.example.com`).
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for WebClient {
+    fn default() -> Self {
+        Self {
+            cors_origins: vec!["http://localhost:3000".to_owned()],
+        }
+    }
+}
+
+/// The binary's description: name, defaults, upstreams, routes.
+pub const BFF: gateway_core::cli::Bff<WebClient> = gateway_core::cli::Bff {
+    name: "bff-web",
+    defaults,
+    upstreams: &[
+        "user",
+        "subscription",
+        "preferences",
+        "content",
+        "recommendations",
+    ],
+    app,
+};
+
+const PROFILE: &str = "/api/profile";
+
+/// Built-in defaults: port 8082, devstack's identity provider and backends.
+pub fn defaults() -> Config<WebClient> {
+    Config::local(8082, "bff-web")
+        .upstream("user", DEV_GRPC_URL, 800)
+        .upstream("subscription", DEV_GRPC_URL, 300)
+        .upstream("preferences", DEV_GRPC_URL, 300)
+        .upstream("content", DEV_REST_URL, 500)
+        .upstream("recommendations", DEV_REST_URL, 400)
+}
+
+type Gw = Gateway<WebClient>;
+
+/// The whole web router: routes, the shared pipeline, and CORS outermost so preflights are
+/// answered without credentials.
+pub fn app(gw: Gw) -> Router {
+    let origins: Vec<HeaderValue> = gw
+        .config
+        .client
+        .cors_origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("x-cache"),
+            header::HeaderName::from_static("x-degraded"),
+            header::HeaderName::from_static("x-ratelimit-remaining"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600));
+    let api = Router::new().route(
+        PROFILE,
+        get(profile).layer(RequireScopeLayer::new("profile:read")),
+    );
+    gw.router(api).layer(cors)
+}
+
+/// `GET /api/profile`: the full public profile, subscription and preferences.
+async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, GatewayError> {
+    let user_id = ctx.subject()?.to_owned();
+    let key = gw.cache.key(&user_id, "profile", "v1");
+    gw.cached(
+        PROFILE,
+        &key,
+        Duration::from_secs(60),
+        Duration::ZERO,
+        || async {
+            let up = |name: &str| gw.upstreams.get(name).ok_or(GatewayError::Internal);
+            let (user, sub, prefs) = (up("user")?, up("subscription")?, up("preferences")?);
+            let mut parts = FanOut::new()
+                .part(
+                    "user",
+                    Need::Required,
+                    user.timeout,
+                    backends::user(user.clone(), ctx.clone(), user_id.clone()),
+                )
+                .part(
+                    "subscription",
+                    Need::Optional,
+                    sub.timeout,
+                    backends::current_subscription(sub.clone(), ctx.clone(), user_id.clone()),
+                )
+                .part(
+                    "preferences",
+                    Need::Optional,
+                    prefs.timeout,
+                    backends::preferences(prefs.clone(), ctx.clone(), user_id.clone()),
+                )
+                .run()
+                .await?;
+            let mut body = Map::new();
+            for name in ["user", "subscription", "preferences"] {
+                body.insert(name.to_owned(), parts.take(name).unwrap_or(Value::Null));
+            }
+            Ok(parts.respond(body))
+        },
+    )
+    .await
+}

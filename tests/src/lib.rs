@@ -1,1 +1,373 @@
-//! stub
+//! Fixtures for integration and end-to-end tests: real servers on port 0, never fixed ports, so
+//! tests run in parallel.
+//!
+//! - [`Stack`]: the demo backends and the identity provider, in process.
+//! - [`TestBff`]: one BFF serving on a free port, configured against a [`Stack`].
+//! - [`RedisServer`]: a private `redis-server` on a free port; skipped loudly when the machine has
+//!   none, unless `BFF_REQUIRE_REDIS=1`, which turns the skip into a failure (CI sets it).
+//! - [`Process`]: a spawned binary of this workspace, killed when dropped.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use demo_backends::DemoBackends;
+use dev_idp::IdentityProvider;
+use gateway_core::auth::apikey::{ApiKeyStore, MemoryApiKeyStore};
+use gateway_core::cli::Bff;
+use gateway_core::config::Config;
+use gateway_core::server::Gateway;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A port that was free a moment ago, for processes that must be told their port up front.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Demo backends and the identity provider, in this process, on free ports.
+pub struct Stack {
+    /// `http://` base of the gRPC backends.
+    pub grpc: String,
+    /// `http://` base of the REST backends and admin API.
+    pub rest: String,
+    /// `http://` base of the identity provider (also its issuer name).
+    pub idp: String,
+    /// The identity provider, to mint tokens and keys directly.
+    pub provider: IdentityProvider,
+    /// The store partner keys are written to.
+    pub keys: Arc<dyn ApiKeyStore>,
+    /// A client for the test's own calls.
+    pub http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Stack {
+    /// Starts the backends and the identity provider.
+    pub async fn start() -> Self {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind rest");
+        let idp_l = TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+        let (grpc_url, rest_url, idp_url) = (url(&grpc), url(&rest), url(&idp_l));
+        let stop = CancellationToken::new();
+        tokio::spawn(DemoBackends::new().serve(grpc, rest, stop.clone().cancelled_owned()));
+        let keys: Arc<dyn ApiKeyStore> = Arc::new(MemoryApiKeyStore::default());
+        let provider =
+            IdentityProvider::new(idp_url.clone(), keys.clone()).expect("identity provider");
+        let router = provider.router();
+        let idp_stop = stop.clone();
+        tokio::spawn(async move {
+            axum_serve(idp_l, router, idp_stop).await;
+        });
+        Self {
+            grpc: grpc_url,
+            rest: rest_url,
+            idp: idp_url,
+            provider,
+            keys,
+            http: reqwest::Client::new(),
+            stop,
+        }
+    }
+
+    /// Points a BFF configuration at this stack.
+    pub fn point<C: Default>(&self, cfg: &mut Config<C>) {
+        cfg.point_at(&self.idp, &self.grpc, &self.rest);
+    }
+
+    /// Mints a token through the identity provider's HTTP API.
+    pub async fn token(&self, body: Value) -> String {
+        let res: Value = self
+            .http
+            .post(format!("{}/token", self.idp))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /token")
+            .json()
+            .await
+            .expect("token JSON");
+        res["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// A token for `sub` with `scope`, valid an hour.
+    pub async fn user_token(&self, sub: &str, scope: &str) -> String {
+        self.token(json!({"sub": sub, "scope": scope})).await
+    }
+
+    /// Creates a partner key through the identity provider's HTTP API.
+    pub async fn partner_key(&self, partner: &str) -> String {
+        let res: Value = self
+            .http
+            .post(format!("{}/partner-keys", self.idp))
+            .json(&json!({"partner": partner}))
+            .send()
+            .await
+            .expect("POST /partner-keys")
+            .json()
+            .await
+            .expect("key JSON");
+        res["api_key"].as_str().expect("api_key").to_owned()
+    }
+
+    /// Sets a fault on a demo service.
+    pub async fn fault(&self, service: &str, latency_ms: u64, error_rate: f64) {
+        let res = self
+            .http
+            .post(format!("{}/admin/faults", self.rest))
+            .json(&json!({"service": service, "latency_ms": latency_ms, "error_rate": error_rate}))
+            .send()
+            .await
+            .expect("POST /admin/faults");
+        assert!(res.status().is_success(), "fault not set: {}", res.status());
+    }
+
+    /// Clears every fault.
+    pub async fn reset(&self) {
+        self.http
+            .post(format!("{}/admin/reset", self.rest))
+            .send()
+            .await
+            .expect("POST /admin/reset");
+    }
+
+    /// Call counts per service.
+    pub async fn hits(&self) -> Value {
+        self.http
+            .get(format!("{}/admin/hits", self.rest))
+            .send()
+            .await
+            .expect("GET /admin/hits")
+            .json()
+            .await
+            .expect("hits")
+    }
+
+    /// The sum of all call counts.
+    pub async fn total_hits(&self) -> u64 {
+        self.hits()
+            .await
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0)
+    }
+}
+
+async fn axum_serve(listener: TcpListener, router: axum::Router, stop: CancellationToken) {
+    let _ = gateway_core::server::serve(
+        router,
+        listener,
+        Duration::from_secs(1),
+        stop.cancelled_owned(),
+        || {},
+    )
+    .await;
+}
+
+fn url(l: &TcpListener) -> String {
+    format!("http://{}", l.local_addr().expect("local addr"))
+}
+
+/// One BFF serving on a free port.
+pub struct TestBff {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl Drop for TestBff {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl TestBff {
+    /// Serves `bff` with its defaults pointed at `stack`, after `tweak` adjusts them.
+    pub async fn start<C>(bff: &Bff<C>, stack: &Stack, tweak: impl FnOnce(&mut Config<C>)) -> Self
+    where
+        C: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
+    {
+        let mut cfg = (bff.defaults)();
+        stack.point(&mut cfg);
+        tweak(&mut cfg);
+        cfg.validate().expect("valid test configuration");
+        let gw = Gateway::builder(bff.name, cfg)
+            .api_key_store(stack.keys.clone())
+            .build()
+            .expect("gateway");
+        gw.upstreams.require(bff.upstreams).expect("upstreams");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind bff");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        let app = (bff.app)(gw.clone());
+        tokio::spawn(gateway_core::server::serve(
+            app,
+            listener,
+            Duration::from_secs(5),
+            stop.clone().cancelled_owned(),
+            move || {
+                gw.set_draining();
+            },
+        ));
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            stop,
+        }
+    }
+}
+
+/// A private `redis-server` on a free port, shut down when dropped.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    /// `redis://127.0.0.1:port`.
+    pub url: String,
+    child: Child,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RedisServer {
+    /// Starts one, or returns `None` (after saying so on stderr) when the machine has no
+    /// `redis-server`. With `BFF_REQUIRE_REDIS=1` a missing server fails the test instead.
+    pub fn start(test: &str) -> Option<Self> {
+        let required = std::env::var("BFF_REQUIRE_REDIS").is_ok_and(|v| v == "1");
+        let port = free_port();
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                assert!(
+                    !required,
+                    "{test}: BFF_REQUIRE_REDIS=1 but redis-server cannot start: {err}"
+                );
+                eprintln!(
+                    "SKIPPED {test}: no redis-server on this machine ({err}); set BFF_REQUIRE_REDIS=1 to fail instead"
+                );
+                return None;
+            }
+        };
+        let server = Self {
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            child,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{test}: redis-server on port {port} did not start");
+    }
+}
+
+/// Path of a binary of this workspace, built alongside the tests.
+pub fn binary(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
+        path.display()
+    );
+    path
+}
+
+/// A spawned binary, killed when dropped.
+pub struct Process {
+    /// The child process.
+    pub child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Spawns `name` (a binary of this workspace) with `args` and `env`, output captured.
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(binary(name));
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self {
+            child: cmd.spawn().expect("spawn"),
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+/// Polls `url` until it answers 200, for at most `timeout`.
+pub async fn wait_healthy(url: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let http = reqwest::Client::new();
+    while tokio::time::Instant::now() < deadline {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not become healthy within {timeout:?}");
+}

@@ -100,7 +100,10 @@ where
             }
         };
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("{}: cannot start the runtime: {err}", bff.name);
@@ -136,7 +139,11 @@ where
     };
     tracing::info!(bff = bff.name, %addr, "listening");
     let app = (bff.app)(gw.clone());
-    match serve(app, listener, grace, shutdown_signal(), move || gw.set_draining()).await {
+    match serve(app, listener, grace, shutdown_signal(), move || {
+        gw.set_draining()
+    })
+    .await
+    {
         Ok(()) => {
             tracing::info!(bff = bff.name, "stopped");
             ExitCode::SUCCESS

@@ -45,11 +45,15 @@ impl AuthFailure {
 
     fn detail(self) -> &'static str {
         match self {
-            Self::Missing => "This endpoint needs credentials: send `Authorization: Bearer <token>`.",
+            Self::Missing => {
+                "This endpoint needs credentials: send `Authorization: Bearer <token>`."
+            }
             Self::Invalid => "The bearer token is malformed or its signature does not verify.",
             Self::Expired => "The bearer token has expired; obtain a new one.",
             Self::NotYetValid => "The bearer token is not valid yet.",
-            Self::WrongIssuer => "The bearer token was issued by an issuer this API does not trust.",
+            Self::WrongIssuer => {
+                "The bearer token was issued by an issuer this API does not trust."
+            }
             Self::WrongAudience => "The bearer token was not issued for this API.",
             Self::UnknownApiKey => "The API key is not recognised.",
         }
@@ -158,7 +162,9 @@ impl GatewayError {
     fn detail(&self) -> String {
         match self {
             Self::Unauthenticated(f) => f.detail().to_owned(),
-            Self::InsufficientScope(scope) => format!("This endpoint requires the scope `{scope}`."),
+            Self::InsufficientScope(scope) => {
+                format!("This endpoint requires the scope `{scope}`.")
+            }
             Self::KeysUnavailable => {
                 "The keys that verify tokens are temporarily unavailable; retry shortly.".to_owned()
             }
@@ -205,7 +211,10 @@ impl IntoResponse for GatewayError {
         let status = self.status();
         let code = self.code();
         let problem = Problem {
-            kind: format!("urn:bff:problem:{}", code.to_ascii_lowercase().replace('_', "-")),
+            kind: format!(
+                "urn:bff:problem:{}",
+                code.to_ascii_lowercase().replace('_', "-")
+            ),
             title: self.title(),
             status: status.as_u16(),
             detail: self.detail(),
@@ -220,13 +229,11 @@ impl IntoResponse for GatewayError {
         let headers = res.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match &self {
-            Self::Unauthenticated(f) => {
-                let value = if *f == AuthFailure::Missing {
-                    HeaderValue::from_static("Bearer")
-                } else {
-                    HeaderValue::from_static("Bearer error=\"invalid_token\"")
-                };
-                headers.insert(header::WWW_AUTHENTICATE, value);
+            Self::Unauthenticated(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             Self::InsufficientScope(scope) => {
                 if let Ok(v) = HeaderValue::from_str(&format!(

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod extract;
 pub mod ratelimit;
 pub mod server;
 pub mod store;

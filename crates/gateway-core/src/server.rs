@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::aggregate::{ApiResponse, CacheStatus, Shaped};
-use crate::auth::apikey::{ApiKeyStore, KeyHash, LayeredApiKeyStore, MemoryApiKeyStore, RedisApiKeyStore};
+use crate::auth::apikey::{
+    ApiKeyStore, KeyHash, LayeredApiKeyStore, MemoryApiKeyStore, RedisApiKeyStore,
+};
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache};
@@ -36,7 +38,9 @@ pub struct Gateway<C> {
 
 impl<C> Clone for Gateway<C> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone() }
+        Self {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -76,7 +80,11 @@ pub struct GatewayBuilder<C> {
 impl<C: Send + Sync + 'static> Gateway<C> {
     /// Starts building the gateway of `bff` from `config`.
     pub fn builder(bff: &'static str, config: Config<C>) -> GatewayBuilder<C> {
-        GatewayBuilder { bff, config, api_keys: None }
+        GatewayBuilder {
+            bff,
+            config,
+            api_keys: None,
+        }
     }
 }
 
@@ -140,7 +148,9 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             config: cfg,
             ready: AtomicBool::new(true),
         };
-        Ok(Gateway { inner: Arc::new(shared) })
+        Ok(Gateway {
+            inner: Arc::new(shared),
+        })
     }
 }
 
@@ -158,8 +168,14 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     pub fn router(&self, api: Router<Gateway<C>>) -> Router {
         let api = api
             .with_state(self.clone())
-            .layer(middleware::from_fn_with_state(self.limiter.clone(), ratelimit::limit))
-            .layer(middleware::from_fn_with_state(self.auth.clone(), auth::authenticate));
+            .layer(middleware::from_fn_with_state(
+                self.limiter.clone(),
+                ratelimit::limit,
+            ))
+            .layer(middleware::from_fn_with_state(
+                self.auth.clone(),
+                auth::authenticate,
+            ));
         let ops = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz::<C>))
@@ -171,7 +187,10 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .layer(
                 ServiceBuilder::new()
                     .layer(middleware::from_fn(edge::hygiene))
-                    .layer(middleware::from_fn_with_state(self.bff, telemetry::access_log))
+                    .layer(middleware::from_fn_with_state(
+                        self.bff,
+                        telemetry::access_log,
+                    ))
                     // Bodies read by extractors are bounded even when no length was declared.
                     .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes))
                     .layer(middleware::from_fn_with_state(
@@ -211,7 +230,11 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     {
         let stale = match self.cache.lookup(key).await {
             Lookup::Fresh(body) => {
-                return Ok(ApiResponse { body, cache: Some(CacheStatus::Hit), degraded: Vec::new() });
+                return Ok(ApiResponse {
+                    body,
+                    cache: Some(CacheStatus::Hit),
+                    degraded: Vec::new(),
+                });
             }
             Lookup::Stale(body) => Some(body),
             Lookup::Miss => None,
@@ -221,12 +244,18 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                 let res = ApiResponse::from_shaped(&shaped, Some(CacheStatus::Miss));
                 if shaped.degraded.is_empty() {
                     let ttl = self.cache.ttl(route, ttl);
-                    self.cache.store(key, res.body.clone(), ttl, stale_for).await;
+                    self.cache
+                        .store(key, res.body.clone(), ttl, stale_for)
+                        .await;
                 }
                 Ok(res)
             }
             Err(err) if err.status().is_server_error() => match stale {
-                Some(body) => Ok(ApiResponse { body, cache: Some(CacheStatus::Stale), degraded: Vec::new() }),
+                Some(body) => Ok(ApiResponse {
+                    body,
+                    cache: Some(CacheStatus::Stale),
+                    degraded: Vec::new(),
+                }),
                 None => Err(err),
             },
             Err(err) => Err(err),
@@ -235,7 +264,11 @@ impl<C: Send + Sync + 'static> Gateway<C> {
 }
 
 async fn readyz<C: Send + Sync + 'static>(State(gw): State<Gateway<C>>) -> Response {
-    if gw.is_ready() { "ready".into_response() } else { GatewayError::Unavailable.into_response() }
+    if gw.is_ready() {
+        "ready".into_response()
+    } else {
+        GatewayError::Unavailable.into_response()
+    }
 }
 
 async fn metrics() -> Response {
@@ -263,7 +296,8 @@ async fn bounds(State(b): State<Bounds>, mut req: Request, next: Next) -> Respon
     if declared.is_some_and(|n| n > b.body_limit as u64) {
         return GatewayError::PayloadTooLarge.into_response();
     }
-    req.extensions_mut().insert(Deadline(Instant::now() + b.timeout));
+    req.extensions_mut()
+        .insert(Deadline(Instant::now() + b.timeout));
     match tokio::time::timeout(b.timeout, next.run(req)).await {
         Ok(res) => res,
         Err(_) => GatewayError::UpstreamTimeout("request".into()).into_response(),
@@ -280,8 +314,11 @@ pub async fn serve(
     on_drain: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     let mut server = tokio::spawn(server.into_future());
     tokio::select! {
         res = &mut server => return res.unwrap_or(Ok(())),
@@ -292,7 +329,10 @@ pub async fn serve(
     match tokio::time::timeout(grace, &mut server).await {
         Ok(res) => res.unwrap_or(Ok(())),
         Err(_) => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "grace period over; closing remaining connections"
+            );
             server.abort();
             Ok(())
         }

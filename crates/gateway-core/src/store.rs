@@ -48,7 +48,9 @@ pub struct Redis {
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("prefix", &self.prefix).finish()
+        f.debug_struct("Redis")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 

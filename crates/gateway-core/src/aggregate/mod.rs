@@ -92,7 +92,12 @@ impl FanOut {
     where
         F: Future<Output = Result<Value, UpstreamError>> + Send + 'static,
     {
-        self.parts.push(Part { name, need, timeout, call: Box::pin(call) });
+        self.parts.push(Part {
+            name,
+            need,
+            timeout,
+            call: Box::pin(call),
+        });
         self
     }
 
@@ -126,6 +131,10 @@ impl FanOut {
                     return Err(match err {
                         UpstreamError::Timeout => GatewayError::UpstreamTimeout(name.to_owned()),
                         UpstreamError::NotFound => GatewayError::NotFound(name.to_owned()),
+                        UpstreamError::Rejected(_) => GatewayError::BadRequest {
+                            code: "REQUEST_REJECTED",
+                            detail: format!("The `{name}` service refused the request as invalid."),
+                        },
                         _ => GatewayError::UpstreamFailed(name.to_owned()),
                     });
                 }
@@ -181,7 +190,12 @@ impl Gathered {
         let parts: Map<String, Value> = self
             .reports
             .iter()
-            .map(|(n, r)| ((*n).to_owned(), serde_json::to_value(r).unwrap_or(Value::Null)))
+            .map(|(n, r)| {
+                (
+                    (*n).to_owned(),
+                    serde_json::to_value(r).unwrap_or(Value::Null),
+                )
+            })
             .collect();
         serde_json::json!({ "parts": parts, "complete": self.degraded().is_empty() })
     }
@@ -189,7 +203,10 @@ impl Gathered {
     /// Finishes a body: adds `_meta` and returns the answer, marked partial when parts are missing.
     pub fn respond(&self, mut body: Map<String, Value>) -> Shaped {
         body.insert("_meta".to_owned(), self.meta());
-        Shaped { body: Value::Object(body), degraded: self.degraded() }
+        Shaped {
+            body: Value::Object(body),
+            degraded: self.degraded(),
+        }
     }
 }
 
@@ -205,7 +222,10 @@ pub struct Shaped {
 impl Shaped {
     /// A complete answer without parts.
     pub fn complete(body: Value) -> Self {
-        Self { body, degraded: Vec::new() }
+        Self {
+            body,
+            degraded: Vec::new(),
+        }
     }
 }
 
@@ -246,7 +266,10 @@ impl IntoResponse for ApiResponse {
     fn into_response(self) -> Response {
         let mut res = (StatusCode::OK, self.body).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(cache) = self.cache {
             let v = match cache {
                 CacheStatus::Hit => "HIT",
@@ -278,9 +301,24 @@ mod tests {
     async fn parts_run_in_parallel() {
         let start = tokio::time::Instant::now();
         let mut g = FanOut::new()
-            .part("a", Need::Required, Duration::from_secs(1), after(150, Ok(json!(1))))
-            .part("b", Need::Optional, Duration::from_secs(1), after(150, Ok(json!(2))))
-            .part("c", Need::Optional, Duration::from_secs(1), after(150, Ok(json!(3))))
+            .part(
+                "a",
+                Need::Required,
+                Duration::from_secs(1),
+                after(150, Ok(json!(1))),
+            )
+            .part(
+                "b",
+                Need::Optional,
+                Duration::from_secs(1),
+                after(150, Ok(json!(2))),
+            )
+            .part(
+                "c",
+                Need::Optional,
+                Duration::from_secs(1),
+                after(150, Ok(json!(3))),
+            )
             .run()
             .await
             .expect("complete");
@@ -292,8 +330,18 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_optional_timeout_is_a_partial_answer() {
         let g = FanOut::new()
-            .part("user", Need::Required, Duration::from_secs(1), after(10, Ok(json!({}))))
-            .part("subscription", Need::Optional, Duration::from_millis(300), after(2000, Ok(json!({}))))
+            .part(
+                "user",
+                Need::Required,
+                Duration::from_secs(1),
+                after(10, Ok(json!({}))),
+            )
+            .part(
+                "subscription",
+                Need::Optional,
+                Duration::from_millis(300),
+                after(2000, Ok(json!({}))),
+            )
             .run()
             .await
             .expect("partial");
@@ -308,8 +356,18 @@ mod tests {
     async fn a_required_failure_ends_early() {
         let start = tokio::time::Instant::now();
         let err = FanOut::new()
-            .part("user", Need::Required, Duration::from_secs(1), after(5, Err(UpstreamError::Failed("x".into()))))
-            .part("slow", Need::Optional, Duration::from_secs(5), after(5000, Ok(json!(1))))
+            .part(
+                "user",
+                Need::Required,
+                Duration::from_secs(1),
+                after(5, Err(UpstreamError::Failed("x".into()))),
+            )
+            .part(
+                "slow",
+                Need::Optional,
+                Duration::from_secs(5),
+                after(5000, Ok(json!(1))),
+            )
             .run()
             .await
             .expect_err("required failed");
@@ -320,7 +378,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_required_timeout_is_504() {
         let err = FanOut::new()
-            .part("user", Need::Required, Duration::from_millis(100), after(1000, Ok(json!(1))))
+            .part(
+                "user",
+                Need::Required,
+                Duration::from_millis(100),
+                after(1000, Ok(json!(1))),
+            )
             .run()
             .await
             .expect_err("timeout");

@@ -87,12 +87,18 @@ pub struct MemoryApiKeyStore {
 #[async_trait]
 impl ApiKeyStore for MemoryApiKeyStore {
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(keys.get(hash).cloned())
     }
 
     async fn insert(&self, hash: KeyHash, record: ApiKeyRecord) -> Result<(), StoreError> {
-        let mut keys = self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if keys.len() >= MAX_MEMORY_KEYS && !keys.contains_key(&hash) {
             return Err(StoreError::Protocol("API key store is full".into()));
         }
@@ -128,7 +134,8 @@ impl ApiKeyStore for RedisApiKeyStore {
 
     async fn insert(&self, hash: KeyHash, record: ApiKeyRecord) -> Result<(), StoreError> {
         let key = self.redis.key("apikey", &hash.to_hex());
-        let value = serde_json::to_string(&record).map_err(|e| StoreError::Protocol(e.to_string()))?;
+        let value =
+            serde_json::to_string(&record).map_err(|e| StoreError::Protocol(e.to_string()))?;
         bounded(self.bound, async {
             let () = self.redis.conn().await?.set(key, value).await?;
             Ok(())
@@ -178,9 +185,19 @@ mod tests {
     #[tokio::test]
     async fn memory_store_finds_by_hash_only() {
         let store = MemoryApiKeyStore::default();
-        let rec = ApiKeyRecord { partner: "acme".into(), tier: "standard".into(), version: None };
-        store.insert(KeyHash::of("k1"), rec.clone()).await.expect("insert");
-        assert_eq!(store.lookup(&KeyHash::of("k1")).await.expect("ok"), Some(rec));
+        let rec = ApiKeyRecord {
+            partner: "acme".into(),
+            tier: "standard".into(),
+            version: None,
+        };
+        store
+            .insert(KeyHash::of("k1"), rec.clone())
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.lookup(&KeyHash::of("k1")).await.expect("ok"),
+            Some(rec)
+        );
         assert_eq!(store.lookup(&KeyHash::of("k2")).await.expect("ok"), None);
     }
 }

@@ -154,12 +154,9 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.set_issuer(&[&issuer.name]);
         validation.set_audience(&issuer.audiences);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(
-            token,
-            &key.key,
-            &validation,
-        )
-        .map_err(|e| GatewayError::Unauthenticated(classify(e.kind())))?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key.key, &validation)
+                .map_err(|e| GatewayError::Unauthenticated(classify(e.kind())))?;
         Principal::from_claims(&data.claims, &self.tier_claim).ok_or(invalid)
     }
 }
@@ -206,7 +203,11 @@ impl Issuer {
             .clone()
     }
 
-    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<VerifyKey>, GatewayError> {
+    async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyKey>, GatewayError> {
         if let Some(key) = self.current().find(kid, alg) {
             return Ok(key);
         }
@@ -259,7 +260,9 @@ fn spawn_refresher(issuer: Weak<Issuer>, every: Duration) {
         loop {
             tick.tick().await;
             // The verifier owns the issuer; once it is gone, so is this task.
-            let Some(issuer) = issuer.upgrade() else { return };
+            let Some(issuer) = issuer.upgrade() else {
+                return;
+            };
             issuer.refetch(true).await;
         }
     });
@@ -275,7 +278,10 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<JwkSet, String>
     if !res.status().is_success() {
         return Err(format!("status {}", res.status()));
     }
-    if res.content_length().is_some_and(|n| n > MAX_JWKS_BYTES as u64) {
+    if res
+        .content_length()
+        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+    {
         return Err("JWKS document too large".into());
     }
     let body = res.bytes().await.map_err(|e| e.to_string())?;

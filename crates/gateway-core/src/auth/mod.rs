@@ -65,7 +65,10 @@ impl Principal {
         Some(Self {
             subject: subject.into(),
             scopes: scopes.into(),
-            tier: claims.get(tier_claim).and_then(Value::as_str).map(Into::into),
+            tier: claims
+                .get(tier_claim)
+                .and_then(Value::as_str)
+                .map(Into::into),
             kind: PrincipalKind::User,
         })
     }
@@ -89,7 +92,8 @@ impl Authenticator {
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
         match self {
             Self::Jwt(verifier) => {
-                let token = bearer(headers)?.ok_or(GatewayError::Unauthenticated(AuthFailure::Missing))?;
+                let token =
+                    bearer(headers)?.ok_or(GatewayError::Unauthenticated(AuthFailure::Missing))?;
                 verifier.verify(token).await
             }
             Self::ApiKey(store) => {
@@ -97,7 +101,11 @@ impl Authenticator {
                     Some(key) => key,
                     None => headers
                         .get(API_KEY_HEADER)
-                        .map(|v| v.to_str().map_err(|_| GatewayError::Unauthenticated(AuthFailure::UnknownApiKey)))
+                        .map(|v| {
+                            v.to_str().map_err(|_| {
+                                GatewayError::Unauthenticated(AuthFailure::UnknownApiKey)
+                            })
+                        })
                         .transpose()?
                         .ok_or(GatewayError::Unauthenticated(AuthFailure::Missing))?,
                 };
@@ -108,7 +116,8 @@ impl Authenticator {
                     tracing::warn!(error = %err, "API key store unavailable");
                     GatewayError::Unavailable
                 })?;
-                let record = record.ok_or(GatewayError::Unauthenticated(AuthFailure::UnknownApiKey))?;
+                let record =
+                    record.ok_or(GatewayError::Unauthenticated(AuthFailure::UnknownApiKey))?;
                 Ok(Principal {
                     subject: record.partner.into(),
                     scopes: Arc::from([]),
@@ -205,7 +214,9 @@ where
         if allowed {
             Either::Left(self.inner.call(req))
         } else {
-            Either::Right(ready(Ok(GatewayError::InsufficientScope(self.scope).into_response())))
+            Either::Right(ready(Ok(
+                GatewayError::InsufficientScope(self.scope).into_response()
+            )))
         }
     }
 }
@@ -221,11 +232,13 @@ mod tests {
     #[test]
     fn scopes_come_from_scope_or_scp() {
         let claims = json!({"sub": "user-1", "scope": "a b", "tier": "gold"});
-        let p = Principal::from_claims(claims.as_object().expect("object"), "tier").expect("principal");
+        let p =
+            Principal::from_claims(claims.as_object().expect("object"), "tier").expect("principal");
         assert!(p.has_scope("a") && p.has_scope("b") && !p.has_scope("c"));
         assert_eq!(p.tier.as_deref(), Some("gold"));
         let claims = json!({"sub": "user-1", "scp": ["x"]});
-        let p = Principal::from_claims(claims.as_object().expect("object"), "tier").expect("principal");
+        let p =
+            Principal::from_claims(claims.as_object().expect("object"), "tier").expect("principal");
         assert!(p.has_scope("x"));
     }
 

@@ -56,7 +56,12 @@ pub struct MemoryCache {
 struct KeepFor;
 
 impl Expiry<String, Entry> for KeepFor {
-    fn expire_after_create(&self, _: &String, e: &Entry, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &String,
+        e: &Entry,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(e.keep_for)
     }
     fn expire_after_update(
@@ -110,12 +115,21 @@ impl RedisCache {
 #[async_trait]
 impl CacheStore for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let raw: Option<Vec<u8>> = self.redis.conn().await?.get(self.redis.key("cache", key)).await?;
+        let raw: Option<Vec<u8>> = self
+            .redis
+            .conn()
+            .await?
+            .get(self.redis.key("cache", key))
+            .await?;
         Ok(raw.and_then(|raw| {
             let mut buf = raw.as_slice();
             (buf.len() >= 8).then(|| {
                 let fresh_until_ms = buf.get_u64();
-                Entry { body: Bytes::copy_from_slice(buf), fresh_until_ms, keep_for: Duration::ZERO }
+                Entry {
+                    body: Bytes::copy_from_slice(buf),
+                    fresh_until_ms,
+                    keep_for: Duration::ZERO,
+                }
             })
         }))
     }
@@ -124,7 +138,9 @@ impl CacheStore for RedisCache {
         let mut value = BytesMut::with_capacity(8 + entry.body.len());
         value.put_u64(entry.fresh_until_ms);
         value.put_slice(&entry.body);
-        let ms = u64::try_from(entry.keep_for.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = u64::try_from(entry.keep_for.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let () = self
             .redis
             .conn()
@@ -172,7 +188,9 @@ impl ResponseCache {
 
     /// Looks `key` up; a failing or slow store counts as a miss.
     pub async fn lookup(&self, key: &str) -> Lookup {
-        let Some(store) = &self.store else { return Lookup::Miss };
+        let Some(store) = &self.store else {
+            return Lookup::Miss;
+        };
         let found = match bounded(self.bound, store.get(key)).await {
             Ok(found) => found,
             Err(err) => {
@@ -191,7 +209,8 @@ impl ResponseCache {
             Lookup::Stale(_) => "stale",
             Lookup::Miss => "miss",
         };
-        metrics::counter!("bff_cache_lookups_total", "bff" => self.bff, "result" => label).increment(1);
+        metrics::counter!("bff_cache_lookups_total", "bff" => self.bff, "result" => label)
+            .increment(1);
         lookup
     }
 
@@ -211,7 +230,10 @@ impl ResponseCache {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -228,20 +250,38 @@ mod tests {
         let c = cache();
         let k = c.key("user-1", "profile", "v2");
         assert_eq!(c.lookup(&k).await, Lookup::Miss);
-        c.store(&k, Bytes::from_static(b"{}"), Duration::from_secs(60), Duration::ZERO).await;
+        c.store(
+            &k,
+            Bytes::from_static(b"{}"),
+            Duration::from_secs(60),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(c.lookup(&k).await, Lookup::Fresh(Bytes::from_static(b"{}")));
-        assert_eq!(c.lookup(&c.key("user-2", "profile", "v2")).await, Lookup::Miss);
+        assert_eq!(
+            c.lookup(&c.key("user-2", "profile", "v2")).await,
+            Lookup::Miss
+        );
     }
 
     #[tokio::test]
     async fn past_its_ttl_an_entry_is_stale_within_the_window() {
         let c = cache();
-        c.store("k", Bytes::from_static(b"x"), Duration::ZERO, Duration::from_secs(60)).await;
+        c.store(
+            "k",
+            Bytes::from_static(b"x"),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
+        .await;
         assert_eq!(c.lookup("k").await, Lookup::Stale(Bytes::from_static(b"x")));
     }
 
     #[test]
     fn keys_carry_bff_scope_resource_and_version() {
-        assert_eq!(cache().key("user-1", "profile", "v2"), "t:user-1:profile:v2");
+        assert_eq!(
+            cache().key("user-1", "profile", "v2"),
+            "t:user-1:profile:v2"
+        );
     }
 }

@@ -42,6 +42,13 @@ pub const DEFAULT_REDIS_POOL_SIZE: usize = 32;
 /// Default bound on waiting for, creating or recycling a Redis connection, in milliseconds.
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 200;
 
+/// Where devstack serves its identity provider, the base of the built-in defaults.
+pub const DEV_IDP_URL: &str = "http://127.0.0.1:8090";
+/// Where devstack serves the demo gRPC backends.
+pub const DEV_GRPC_URL: &str = "http://127.0.0.1:50051";
+/// Where devstack serves the demo REST backends.
+pub const DEV_REST_URL: &str = "http://127.0.0.1:9001";
+
 /// The whole configuration of one BFF. `C` is the BFF's own `[client]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +77,64 @@ pub struct Config<C> {
     /// Settings only this BFF understands.
     #[serde(default)]
     pub client: C,
+}
+
+impl<C: Default> Config<C> {
+    /// The built-in defaults of a BFF on `port`: JWTs from devstack's identity provider for
+    /// `audience`, 100 requests a minute per principal, in-memory state, no upstreams yet.
+    pub fn local(port: u16, audience: &str) -> Self {
+        Self {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                ..ServerConfig::default()
+            },
+            telemetry: TelemetryConfig::default(),
+            auth: AuthConfig {
+                issuers: vec![IssuerConfig {
+                    issuer: DEV_IDP_URL.to_owned(),
+                    audiences: vec![audience.to_owned()],
+                    jwks_url: Some(format!("{DEV_IDP_URL}/.well-known/jwks.json")),
+                    pem_file: None,
+                    pem_algorithm: None,
+                    jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
+                    jwks_cooldown_secs: DEFAULT_JWKS_COOLDOWN_SECS,
+                }],
+                ..AuthConfig::default()
+            },
+            redis: RedisConfig::default(),
+            ratelimit: RateLimitConfig::default(),
+            cache: CacheConfig::default(),
+            upstreams: BTreeMap::new(),
+            client: C::default(),
+        }
+    }
+
+    /// Re-points the built-in devstack addresses (identity provider, gRPC and REST backends) at
+    /// where they actually run; other addresses are left alone.
+    pub fn point_at(&mut self, idp: &str, grpc: &str, rest: &str) {
+        for iss in &mut self.auth.issuers {
+            iss.issuer = iss.issuer.replace(DEV_IDP_URL, idp);
+            iss.jwks_url = iss.jwks_url.as_ref().map(|u| u.replace(DEV_IDP_URL, idp));
+        }
+        for up in self.upstreams.values_mut() {
+            up.url = up
+                .url
+                .replace(DEV_GRPC_URL, grpc)
+                .replace(DEV_REST_URL, rest);
+        }
+    }
+
+    /// Adds an upstream at `url` with a per-call timeout.
+    pub fn upstream(mut self, name: &str, url: &str, timeout_ms: u64) -> Self {
+        self.upstreams.insert(
+            name.to_owned(),
+            UpstreamConfig {
+                url: url.to_owned(),
+                timeout_ms,
+            },
+        );
+        self
+    }
 }
 
 /// `[server]`.
@@ -278,11 +343,14 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// One policy under `[ratelimit.policies.NAME]`: `limit` requests per `period_secs`, at most `burst`
-/// at once (GCRA).
+/// One policy under `[ratelimit.policies.NAME]`: `limit` requests per `period_secs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// `sliding_window` (at most `limit` in any `period_secs`) or `gcra` (a sustained rate of `limit`
+    /// per `period_secs`, with up to `burst` back to back).
+    #[serde(default)]
+    pub algorithm: Algorithm,
     /// Requests admitted per period.
     pub limit: u64,
     /// The period, in seconds.
@@ -296,11 +364,23 @@ impl PolicyConfig {
     /// `limit` requests a minute, all of them at once if need be.
     pub fn per_minute(limit: u64) -> Self {
         Self {
+            algorithm: Algorithm::SlidingWindow,
             limit,
             period_secs: 60,
             burst: None,
         }
     }
+}
+
+/// How a policy counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    /// At most `limit` requests in any sliding `period`.
+    #[default]
+    SlidingWindow,
+    /// The generic cell rate algorithm: a sustained rate with a burst.
+    Gcra,
 }
 
 /// Behaviour when the shared rate-limit store fails.
@@ -408,7 +488,11 @@ where
             return bad("server.body_limit_bytes".into(), "must be > 0", "0".into());
         }
         if self.server.request_timeout_ms == 0 {
-            return bad("server.request_timeout_ms".into(), "must be > 0", "0".into());
+            return bad(
+                "server.request_timeout_ms".into(),
+                "must be > 0",
+                "0".into(),
+            );
         }
         match self.auth.mode {
             AuthMode::Jwt if self.auth.issuers.is_empty() => {
@@ -436,7 +520,9 @@ where
                         "both or neither".into(),
                     );
                 }
-                (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                (Some(url), None)
+                    if !url.starts_with("http://") && !url.starts_with("https://") =>
+                {
                     return bad(
                         format!("{key}.jwks_url"),
                         "must be an http(s) URL",
@@ -453,7 +539,11 @@ where
                 _ => {}
             }
             if iss.jwks_cooldown_secs == 0 {
-                return bad(format!("{key}.jwks_cooldown_secs"), "must be > 0", "0".into());
+                return bad(
+                    format!("{key}.jwks_cooldown_secs"),
+                    "must be > 0",
+                    "0".into(),
+                );
             }
         }
         if self.auth.max_token_bytes < 64 {
@@ -476,7 +566,11 @@ where
             && !url.starts_with("redis://")
             && !url.starts_with("rediss://")
         {
-            return bad("redis.url".into(), "must start with redis:// or rediss://", format!("{url:?}"));
+            return bad(
+                "redis.url".into(),
+                "must start with redis:// or rediss://",
+                format!("{url:?}"),
+            );
         }
         if self.redis.pool_size == 0 {
             return bad("redis.pool_size".into(), "must be > 0", "0".into());
@@ -499,6 +593,13 @@ where
             if p.burst == Some(0) {
                 return bad(format!("{key}.burst"), "must be > 0", "0".into());
             }
+            if let (Some(burst), Algorithm::SlidingWindow) = (p.burst, p.algorithm) {
+                return bad(
+                    format!("{key}.burst"),
+                    "only applies with algorithm = \"gcra\"",
+                    burst.to_string(),
+                );
+            }
         }
         for (section, map) in [
             ("ratelimit.tiers", &self.ratelimit.tiers),
@@ -518,7 +619,11 @@ where
             return bad("ratelimit.instances".into(), "must be > 0", "0".into());
         }
         if self.ratelimit.decision_timeout_ms == 0 {
-            return bad("ratelimit.decision_timeout_ms".into(), "must be > 0", "0".into());
+            return bad(
+                "ratelimit.decision_timeout_ms".into(),
+                "must be > 0",
+                "0".into(),
+            );
         }
         if self.ratelimit.max_keys == 0 {
             return bad("ratelimit.max_keys".into(), "must be > 0", "0".into());
@@ -535,7 +640,11 @@ where
                 );
             }
             if up.timeout_ms == 0 {
-                return bad(format!("upstreams.{name}.timeout_ms"), "must be > 0", "0".into());
+                return bad(
+                    format!("upstreams.{name}.timeout_ms"),
+                    "must be > 0",
+                    "0".into(),
+                );
             }
         }
         Ok(())

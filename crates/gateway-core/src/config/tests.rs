@@ -71,7 +71,7 @@ fn unknown_key_in_env_is_named() {
 #[test]
 fn bad_value_names_key_and_value() {
     let err = load_with(
-        "[ratelimit.policies.default]\nlimit = 10\nperiod_secs = 1\nburst = 0\n",
+        "[ratelimit.policies.default]\nalgorithm = \"gcra\"\nlimit = 10\nperiod_secs = 1\nburst = 0\n",
         &[],
     )
     .expect_err("zero burst");
@@ -81,11 +81,28 @@ fn bad_value_names_key_and_value() {
 #[test]
 fn tier_naming_a_missing_policy_is_refused() {
     let err = load_with("[ratelimit.tiers]\ngold = \"platinum\"\n", &[]).expect_err("bad tier");
-    assert!(err.starts_with("ratelimit.tiers.\"gold\" must name a policy"), "{err}");
+    assert!(
+        err.starts_with("ratelimit.tiers.\"gold\" must name a policy"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_file_is_an_error() {
-    let err = Config::load(&defaults(), Some(Path::new("/nonexistent/bff.toml"))).expect_err("missing");
+    let err =
+        Config::load(&defaults(), Some(Path::new("/nonexistent/bff.toml"))).expect_err("missing");
     assert!(err.0.contains("does not exist"));
+}
+
+#[test]
+fn burst_needs_gcra() {
+    let err = load_with(
+        "[ratelimit.policies.default]\nlimit = 10\nperiod_secs = 1\nburst = 5\n",
+        &[],
+    )
+    .expect_err("burst with a sliding window");
+    assert_eq!(
+        err,
+        "ratelimit.policies.default.burst only applies with algorithm = \"gcra\", got 5"
+    );
 }

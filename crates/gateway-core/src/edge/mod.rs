@@ -52,19 +52,31 @@ impl TraceContext {
         value
             .and_then(|v| v.to_str().ok())
             .and_then(Self::parse)
-            .map(|(trace_id, flags)| Self { trace_id, span_id: random_span(), flags })
+            .map(|(trace_id, flags)| Self {
+                trace_id,
+                span_id: random_span(),
+                flags,
+            })
             .unwrap_or_else(|| {
                 let mut trace_id = [0u8; 16];
                 rand::rng().fill_bytes(&mut trace_id);
-                Self { trace_id, span_id: random_span(), flags: 1 }
+                Self {
+                    trace_id,
+                    span_id: random_span(),
+                    flags: 1,
+                }
             })
     }
 
     fn parse(s: &str) -> Option<([u8; 16], u8)> {
         let mut parts = s.split('-');
-        let (Some("00"), Some(trace), Some(parent), Some(flags), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some("00"), Some(trace), Some(parent), Some(flags), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return None;
         };
         let trace_id: [u8; 16] = hex_decode(trace)?;
@@ -84,12 +96,22 @@ impl TraceContext {
 
     /// A `traceparent` for an outgoing call: same trace, a fresh span id for the call.
     pub fn child_header(&self) -> String {
-        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&random_span()), self.flags)
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&random_span()),
+            self.flags
+        )
     }
 
     /// Our own `traceparent`, returned to the client.
     pub fn header(&self) -> String {
-        format!("00-{}-{}-{:02x}", hex(&self.trace_id), hex(&self.span_id), self.flags)
+        format!(
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            self.flags
+        )
     }
 }
 
@@ -104,7 +126,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn hex_decode<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if s.len() != 2 * N
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return None;
     }
     let mut out = [0u8; N];
@@ -118,7 +144,8 @@ fn acceptable_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_REQUEST_ID
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
 /// Middleware: request id, trace context, client address and identity-header removal; echoes the
@@ -182,7 +209,11 @@ mod tests {
             "garbage",
         ] {
             let t = TraceContext::from_header(Some(&HeaderValue::from_static(bad)));
-            assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_ne!(
+                t.trace_id_hex(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad}"
+            );
         }
     }
 
@@ -190,6 +221,8 @@ mod tests {
     fn request_ids_are_checked() {
         assert!(acceptable_request_id(&HeaderValue::from_static("abc-123")));
         assert!(!acceptable_request_id(&HeaderValue::from_static("a b")));
-        assert!(!acceptable_request_id(&HeaderValue::from_str(&"a".repeat(200)).expect("hv")));
+        assert!(!acceptable_request_id(
+            &HeaderValue::from_str(&"a".repeat(200)).expect("hv")
+        ));
     }
 }

@@ -36,7 +36,13 @@ mod tests {
     use std::time::Duration;
 
     fn policy(limit: u64, period: u64, burst: u64) -> Policy {
-        Policy::new("p", limit, Duration::from_secs(period), burst)
+        Policy::new(
+            "p",
+            super::super::Algorithm::Gcra,
+            limit,
+            Duration::from_secs(period),
+            burst,
+        )
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Rate limiting: GCRA decisions per principal and route policy, against an in-memory store or a
-//! shared Redis store with an explicit failure policy, and the limit headers on every answer.
+//! Rate limiting: decisions per principal and route policy (GCRA with a burst, or a sliding window
+//! that keeps "N per period" literally), against an in-memory store or a shared Redis store with an
+//! explicit failure policy, and the limit headers on every answer.
 //!
 //! Headers written on every limited response (2xx included):
 //! `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the bucket is
@@ -9,6 +10,7 @@
 pub mod gcra;
 pub mod memory;
 pub mod redis;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Principal;
+pub use crate::config::Algorithm;
 use crate::config::{FailureMode, RateLimitConfig};
 use crate::edge::ClientIp;
 use crate::error::GatewayError;
@@ -33,6 +36,8 @@ use memory::MemoryStore;
 pub struct Policy {
     /// Name, as in the configuration and the `RateLimit-Policy` header.
     pub name: Arc<str>,
+    /// How requests are counted.
+    pub algorithm: Algorithm,
     /// Requests per period.
     pub limit: u64,
     /// The period.
@@ -46,7 +51,7 @@ pub struct Policy {
 
 impl Policy {
     /// A policy of `limit` per `period` with `burst`.
-    pub fn new(name: &str, limit: u64, period: Duration, burst: u64) -> Self {
+    pub fn new(name: &str, algorithm: Algorithm, limit: u64, period: Duration, burst: u64) -> Self {
         let interval_us = (period.as_micros() as u64 / limit.max(1)).max(1);
         let policy_header = HeaderValue::from_str(&format!(
             "\"{name}\";q={limit};w={}",
@@ -55,12 +60,18 @@ impl Policy {
         .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
         Self {
             name: name.into(),
+            algorithm,
             limit,
             period,
             burst: burst.max(1),
             interval_us,
             policy_header,
         }
+    }
+
+    /// The period in whole milliseconds (at least 1).
+    pub fn period_ms(&self) -> u64 {
+        (self.period.as_millis() as u64).max(1)
     }
 
     /// GCRA's tolerance: how far ahead of now the TAT may run.
@@ -73,6 +84,7 @@ impl Policy {
         let n = u64::from(n.max(1));
         Self::new(
             &self.name,
+            self.algorithm,
             self.limit.div_ceil(n),
             self.period,
             self.burst.div_ceil(n),
@@ -127,6 +139,7 @@ impl RateLimiter {
             .map(|(name, p)| {
                 let policy = Policy::new(
                     name,
+                    p.algorithm,
                     p.limit,
                     Duration::from_secs(p.period_secs),
                     p.burst.unwrap_or(p.limit),
@@ -164,7 +177,11 @@ impl RateLimiter {
     }
 
     /// Decides one request for `key`, applying the failure policy when the shared store fails.
-    pub async fn decide(&self, key: &str, policy: &(Policy, Policy)) -> Result<Decision, GatewayError> {
+    pub async fn decide(
+        &self,
+        key: &str,
+        policy: &(Policy, Policy),
+    ) -> Result<Decision, GatewayError> {
         let (policy, local_share) = policy;
         let Some(shared) = &self.shared else {
             let d = self.local.decide(key, policy, self.now_us());
@@ -174,7 +191,10 @@ impl RateLimiter {
         match shared.decide(key, policy).await {
             Ok(d) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!(bff = self.bff, "rate-limit store recovered; shared limits back in force");
+                    tracing::info!(
+                        bff = self.bff,
+                        "rate-limit store recovered; shared limits back in force"
+                    );
                 }
                 record(self.bff, d.allowed, "shared");
                 Ok(d)
@@ -192,7 +212,12 @@ impl RateLimiter {
                     }
                     FailureMode::FailOpen => {
                         record(self.bff, true, "fail_open");
-                        Ok(Decision { allowed: true, remaining: policy.burst, reset_us: 0, retry_after_us: 0 })
+                        Ok(Decision {
+                            allowed: true,
+                            remaining: policy.burst,
+                            reset_us: 0,
+                            retry_after_us: 0,
+                        })
                     }
                     FailureMode::FailClosed => {
                         record(self.bff, false, "fail_closed");
@@ -213,13 +238,20 @@ fn record(bff: &'static str, allowed: bool, mode: &'static str) {
 /// Middleware: decide, then answer 429/503 or pass on, writing the limit headers either way.
 pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
     let principal = req.extensions().get::<Principal>();
-    let route = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     let policy = limiter.policy_for(route, principal.and_then(|p| p.tier.as_deref()));
     // Limits apply per subject; anonymous routes (none today) would fall back to the client address.
     let subject = match principal {
         Some(p) => format!("{}:{}:{}", limiter.bff, policy.0.name, p.subject),
         None => {
-            let ip = req.extensions().get::<ClientIp>().map(|ip| ip.0.to_string()).unwrap_or_default();
+            let ip = req
+                .extensions()
+                .get::<ClientIp>()
+                .map(|ip| ip.0.to_string())
+                .unwrap_or_default();
             format!("{}:{}:ip:{ip}", limiter.bff, policy.0.name)
         }
     };
@@ -252,7 +284,10 @@ pub fn write_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decisi
     headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining));
     headers.insert(X_RESET.clone(), HeaderValue::from(reset));
     headers.insert(POLICY.clone(), policy.policy_header.clone());
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\";r={};t={reset}", policy.name, decision.remaining)) {
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "\"{}\";r={};t={reset}",
+        policy.name, decision.remaining
+    )) {
         headers.insert(RATELIMIT.clone(), v);
     }
 }
@@ -275,20 +310,34 @@ mod tests {
         RateLimitConfig {
             failure_mode: mode,
             instances,
-            policies: [("default".to_owned(), PolicyConfig::per_minute(10))].into(),
+            policies: [(
+                "default".to_owned(),
+                PolicyConfig {
+                    algorithm: Algorithm::Gcra,
+                    ..PolicyConfig::per_minute(10)
+                },
+            )]
+            .into(),
             ..RateLimitConfig::default()
         }
     }
 
     #[tokio::test]
     async fn memory_limiter_admits_exactly_the_limit_under_concurrency() {
-        let limiter = Arc::new(RateLimiter::new("t", &cfg(FailureMode::FailOpenLocal, 1), None));
+        let limiter = Arc::new(RateLimiter::new(
+            "t",
+            &cfg(FailureMode::FailOpenLocal, 1),
+            None,
+        ));
         let tasks: Vec<_> = (0..15)
             .map(|_| {
                 let l = limiter.clone();
                 tokio::spawn(async move {
                     let p = l.policy_for(None, None).clone();
-                    l.decide("user", &p).await.map(|d| d.allowed).unwrap_or(false)
+                    l.decide("user", &p)
+                        .await
+                        .map(|d| d.allowed)
+                        .unwrap_or(false)
                 })
             })
             .collect();
@@ -301,11 +350,21 @@ mod tests {
 
     #[tokio::test]
     async fn fail_open_local_divides_the_limit_by_instances() {
-        let limiter = RateLimiter::new("t", &cfg(FailureMode::FailOpenLocal, 2), Some(Arc::new(Down)));
+        let limiter = RateLimiter::new(
+            "t",
+            &cfg(FailureMode::FailOpenLocal, 2),
+            Some(Arc::new(Down)),
+        );
         let p = limiter.policy_for(None, None).clone();
         let mut admitted = 0;
         for _ in 0..10 {
-            admitted += usize::from(limiter.decide("u", &p).await.map(|d| d.allowed).unwrap_or(false));
+            admitted += usize::from(
+                limiter
+                    .decide("u", &p)
+                    .await
+                    .map(|d| d.allowed)
+                    .unwrap_or(false),
+            );
         }
         assert_eq!(admitted, 5);
     }
@@ -314,14 +373,32 @@ mod tests {
     async fn fail_closed_refuses_with_503() {
         let limiter = RateLimiter::new("t", &cfg(FailureMode::FailClosed, 1), Some(Arc::new(Down)));
         let p = limiter.policy_for(None, None).clone();
-        assert!(matches!(limiter.decide("u", &p).await, Err(GatewayError::LimiterUnavailable)));
+        assert!(matches!(
+            limiter.decide("u", &p).await,
+            Err(GatewayError::LimiterUnavailable)
+        ));
     }
 
     #[test]
     fn headers_follow_the_decision() {
-        let p = Policy::new("default", 100, Duration::from_secs(60), 100);
+        let p = Policy::new(
+            "default",
+            Algorithm::SlidingWindow,
+            100,
+            Duration::from_secs(60),
+            100,
+        );
         let mut h = HeaderMap::new();
-        write_headers(&mut h, &p, &Decision { allowed: true, remaining: 42, reset_us: 1_500_000, retry_after_us: 0 });
+        write_headers(
+            &mut h,
+            &p,
+            &Decision {
+                allowed: true,
+                remaining: 42,
+                reset_us: 1_500_000,
+                retry_after_us: 0,
+            },
+        );
         assert_eq!(h["x-ratelimit-limit"], "100");
         assert_eq!(h["x-ratelimit-remaining"], "42");
         assert_eq!(h["x-ratelimit-reset"], "2");

@@ -1,5 +1,5 @@
-//! The Redis GCRA store: one atomic script per decision, on Redis's own clock, so any number of
-//! gateways sharing one Redis admit exactly the limit. Every key gets a TTL equal to the time its
+//! The Redis store: one atomic script per decision (GCRA or sliding window), on Redis's own clock,
+//! so any number of gateways sharing one Redis admit exactly the limit. Every key gets a TTL equal to the time its
 //! state stays meaningful, so nothing is ever left behind.
 
 use std::sync::LazyLock;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Decision, Policy, RateLimitStore};
+use super::{Algorithm, Decision, Policy, RateLimitStore};
 use crate::store::{Redis, StoreError, bounded};
 use ::redis::Script;
 
@@ -28,7 +28,43 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return {1, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 0}
 ";
 
+/// KEYS[1] = the key (a hash of w, prev, cur); ARGV[1] = period (ms); ARGV[2] = limit.
+/// Returns {allowed, remaining, reset_us, retry_after_us}. Mirrors `window::decide` exactly.
+const WINDOW_LUA: &str = r"
+local period = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = math.floor(now / period)
+local elapsed = now - window * period
+local s = redis.call('HMGET', KEYS[1], 'w', 'prev', 'cur')
+local w, prev, cur = tonumber(s[1]), tonumber(s[2]) or 0, tonumber(s[3]) or 0
+if w == window then
+elseif w ~= nil and w + 1 == window then prev, cur = cur, 0
+else prev, cur = 0, 0 end
+local function reset(p, c)
+  if c > 0 then return 2 * period - elapsed elseif p > 0 then return period - elapsed else return 0 end
+end
+local scaled = prev * (period - elapsed) + cur * period
+if scaled + period > limit * period then
+  local wait
+  if cur < limit then
+    local e = period - math.floor((limit - 1 - cur) * period / math.max(prev, 1))
+    wait = math.max(e - elapsed, 1)
+  else
+    wait = (period - elapsed) + (period - math.floor((limit - 1) * period / cur))
+  end
+  return {0, 0, reset(prev, cur) * 1000, wait * 1000}
+end
+cur = cur + 1
+redis.call('HSET', KEYS[1], 'w', window, 'prev', prev, 'cur', cur)
+redis.call('PEXPIRE', KEYS[1], 2 * period - elapsed + 1)
+local used = math.ceil((scaled + period) / period)
+return {1, math.max(limit - used, 0), reset(prev, cur) * 1000, 0}
+";
+
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_LUA));
+static WINDOW: LazyLock<Script> = LazyLock::new(|| Script::new(WINDOW_LUA));
 
 /// Limits shared through Redis.
 pub struct RedisStore {
@@ -50,12 +86,19 @@ impl RateLimitStore for RedisStore {
         let (allowed, remaining, reset_us, retry_after_us): (u8, u64, u64, u64) =
             bounded(self.bound, async {
                 let mut conn = self.redis.conn().await?;
-                Ok(GCRA
-                    .key(key)
-                    .arg(policy.interval_us)
-                    .arg(policy.tolerance_us())
-                    .invoke_async(&mut conn)
-                    .await?)
+                let call = match policy.algorithm {
+                    Algorithm::Gcra => {
+                        let mut c = GCRA.key(key);
+                        c.arg(policy.interval_us).arg(policy.tolerance_us());
+                        c
+                    }
+                    Algorithm::SlidingWindow => {
+                        let mut c = WINDOW.key(key);
+                        c.arg(policy.period_ms()).arg(policy.limit);
+                        c
+                    }
+                };
+                Ok(call.invoke_async(&mut conn).await?)
             })
             .await?;
         Ok(Decision {

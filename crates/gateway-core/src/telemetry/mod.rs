@@ -27,7 +27,9 @@ pub fn init_logging(cfg: &TelemetryConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.log_format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.try_init(),
@@ -66,7 +68,10 @@ pub async fn access_log(State(bff): State<&'static str>, req: Request, next: Nex
     let res = next.run(req).await;
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
-    let subject = res.extensions().get::<Principal>().map(|p| p.subject.clone());
+    let subject = res
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.subject.clone());
     let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
     tracing::info!(
         target: "access",

@@ -45,10 +45,12 @@ impl From<tonic::Status> for UpstreamError {
         use tonic::Code;
         match s.code() {
             Code::NotFound => Self::NotFound,
-            Code::DeadlineExceeded => Self::Timeout,
-            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => {
-                Self::Rejected(s.message().to_owned())
-            }
+            // A server that enforces our `grpc-timeout` answers CANCELLED when it expires.
+            Code::DeadlineExceeded | Code::Cancelled => Self::Timeout,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::AlreadyExists
+            | Code::OutOfRange => Self::Rejected(s.message().to_owned()),
             code => Self::Failed(format!("grpc {code:?}")),
         }
     }
@@ -84,14 +86,25 @@ impl Upstream {
     }
 
     /// `GET {base}{path_and_query}` and decode a JSON answer.
-    pub async fn get_json(&self, ctx: &CallContext, path_and_query: &str) -> Result<Value, UpstreamError> {
+    pub async fn get_json(
+        &self,
+        ctx: &CallContext,
+        path_and_query: &str,
+    ) -> Result<Value, UpstreamError> {
         let timeout = ctx.budget(self.timeout);
-        let mut req = self.http.get(format!("{}{path_and_query}", self.base)).timeout(timeout);
+        let mut req = self
+            .http
+            .get(format!("{}{path_and_query}", self.base))
+            .timeout(timeout);
         for (name, value) in ctx.headers(timeout) {
             req = req.header(name, value);
         }
         let res = req.send().await.map_err(|e| {
-            if e.is_timeout() { UpstreamError::Timeout } else { UpstreamError::Failed("connect".into()) }
+            if e.is_timeout() {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Failed("connect".into())
+            }
         })?;
         let status = res.status();
         if status == reqwest::StatusCode::NOT_FOUND {
@@ -103,11 +116,18 @@ impl Upstream {
         if !status.is_success() {
             return Err(UpstreamError::Failed(format!("status {status}")));
         }
-        if res.content_length().is_some_and(|n| n > MAX_UPSTREAM_BODY as u64) {
+        if res
+            .content_length()
+            .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
+        {
             return Err(UpstreamError::Failed("body too large".into()));
         }
         let body = res.bytes().await.map_err(|e| {
-            if e.is_timeout() { UpstreamError::Timeout } else { UpstreamError::Failed("body".into()) }
+            if e.is_timeout() {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Failed("body".into())
+            }
         })?;
         serde_json::from_slice(&body).map_err(|_| UpstreamError::Failed("invalid JSON".into()))
     }
@@ -191,12 +211,20 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
 impl CallContext {
     /// A context for calls made outside any request (health checks, tests).
     pub fn detached() -> Self {
-        Self { principal: None, request_id: None, trace: None, deadline: None }
+        Self {
+            principal: None,
+            request_id: None,
+            trace: None,
+            deadline: None,
+        }
     }
 
     /// The principal's subject; routes behind authentication always have one.
     pub fn subject(&self) -> Result<&str, GatewayError> {
-        self.principal.as_ref().map(|p| &*p.subject).ok_or(GatewayError::Internal)
+        self.principal
+            .as_ref()
+            .map(|p| &*p.subject)
+            .ok_or(GatewayError::Internal)
     }
 
     /// The smaller of `timeout` and what is left of the request's deadline.
@@ -229,7 +257,10 @@ impl CallContext {
         if let Some(trace) = &self.trace {
             push(&mut out, "traceparent", &trace.child_header());
         }
-        out.push((DEADLINE_HEADER, HeaderValue::from(timeout.as_millis() as u64)));
+        out.push((
+            DEADLINE_HEADER,
+            HeaderValue::from(timeout.as_millis() as u64),
+        ));
         out
     }
 

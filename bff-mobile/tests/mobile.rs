@@ -1,0 +1,315 @@
+//! The mobile BFF on real sockets, against the real demo backends and identity provider.
+
+use std::time::{Duration, Instant};
+
+use bff_tests::{Stack, TestBff};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const PROFILE: &str = "/api/v2/user/profile";
+
+async fn setup() -> (Stack, TestBff, String) {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |_| {}).await;
+    let token = stack
+        .user_token("user-0042", "profile:read feed:read")
+        .await;
+    (stack, bff, token)
+}
+
+async fn get(bff: &TestBff, path: &str, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}{path}", bff.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request")
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn profile_aggregates_trims_and_caches() {
+    let (stack, bff, token) = setup().await;
+    let first = get(&bff, PROFILE, &token).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header(&first, "x-cache"), "MISS");
+    assert_eq!(header(&first, "x-ratelimit-remaining"), "99");
+    assert!(!header(&first, "x-request-id").is_empty());
+    let body: Value = first.json().await.expect("json");
+    assert_eq!(body["user"]["id"], "user-0042");
+    assert!(body["user"]["name"].is_string());
+    assert!(body["subscription"]["plan"].is_string());
+    assert!(body["preferences"]["language"].is_string());
+    assert_eq!(body["_meta"]["complete"], true);
+    let text = body.to_string();
+    for secret in ["internal", "password", "billing", "email"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+
+    let hits = stack.total_hits().await;
+    let second = get(&bff, PROFILE, &token).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(header(&second, "x-cache"), "HIT");
+    assert_eq!(header(&second, "x-ratelimit-remaining"), "98");
+    let cached: Value = second.json().await.expect("json");
+    assert_eq!(cached, body);
+    assert_eq!(
+        stack.total_hits().await,
+        hits,
+        "a cache hit reaches no backend"
+    );
+
+    // Another user never sees this user's cached profile.
+    let other = stack.user_token("user-0007", "profile:read").await;
+    let res = get(&bff, PROFILE, &other).await;
+    assert_eq!(header(&res, "x-cache"), "MISS");
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["user"]["id"],
+        "user-0007"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_checked() {
+    let (stack, bff, _) = setup().await;
+    let res = reqwest::get(format!("{}{PROFILE}", bff.url))
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(header(&res, "content-type"), "application/problem+json");
+    assert!(header(&res, "www-authenticate").starts_with("Bearer"));
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "CREDENTIALS_MISSING"
+    );
+
+    let expired = stack
+        .token(json!({"sub": "user-0042", "scope": "profile:read", "ttl": -120}))
+        .await;
+    let res = get(&bff, PROFILE, &expired).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        header(&res, "www-authenticate"),
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "TOKEN_EXPIRED"
+    );
+
+    let other_audience = stack
+        .token(json!({"sub": "user-0042", "scope": "profile:read", "aud": "bff-web"}))
+        .await;
+    let res = get(&bff, PROFILE, &other_audience).await;
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "TOKEN_AUDIENCE_MISMATCH"
+    );
+
+    let res = get(&bff, PROFILE, "not.a.token").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "TOKEN_INVALID"
+    );
+
+    let feed_only = stack.user_token("user-0042", "feed:read").await;
+    let res = get(&bff, PROFILE, &feed_only).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(header(&res, "www-authenticate").contains("insufficient_scope"));
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "INSUFFICIENT_SCOPE"
+    );
+}
+
+#[tokio::test]
+async fn the_101st_call_in_a_minute_is_refused() {
+    let (_stack, bff, token) = setup().await;
+    for i in 0..100 {
+        let res = get(&bff, PROFILE, &token).await;
+        assert_eq!(res.status(), StatusCode::OK, "call {}", i + 1);
+        assert_eq!(header(&res, "x-ratelimit-remaining"), (99 - i).to_string());
+    }
+    let res = get(&bff, PROFILE, &token).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = header(&res, "retry-after")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry));
+    assert_eq!(header(&res, "x-ratelimit-remaining"), "0");
+    assert_eq!(header(&res, "ratelimit-policy"), "\"default\";q=100;w=60");
+    assert_eq!(
+        res.json::<Value>().await.expect("json")["code"],
+        "RATE_LIMITED"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_optional_part_gives_an_uncached_partial_answer() {
+    let (stack, bff, token) = setup().await;
+    stack.fault("subscription", 2000, 0.0).await;
+    let start = Instant::now();
+    let res = get(&bff, PROFILE, &token).await;
+    assert!(
+        start.elapsed() < Duration::from_millis(1900),
+        "answered within the part timeout"
+    );
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-degraded"), "subscription");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["_meta"]["parts"]["subscription"]["outcome"], "timeout");
+    assert_eq!(body["_meta"]["parts"]["user"]["outcome"], "ok");
+    assert_eq!(body["subscription"], Value::Null);
+    assert_eq!(body["user"]["id"], "user-0042");
+
+    stack.reset().await;
+    let res = get(&bff, PROFILE, &token).await;
+    assert_eq!(
+        header(&res, "x-cache"),
+        "MISS",
+        "the partial answer was not cached"
+    );
+    assert_eq!(header(&res, "x-degraded"), "");
+}
+
+#[tokio::test]
+async fn a_failing_required_part_is_a_502() {
+    let (stack, bff, token) = setup().await;
+    stack.fault("user", 0, 1.0).await;
+    let res = get(&bff, PROFILE, &token).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["code"], "UPSTREAM_ERROR");
+    assert!(
+        !body.to_string().contains("injected"),
+        "no upstream text reaches clients"
+    );
+}
+
+#[tokio::test]
+async fn home_feed_parts_run_in_parallel() {
+    let (stack, bff, token) = setup().await;
+    // Warm the connections so the measurement is about the parts.
+    assert_eq!(
+        get(
+            &bff,
+            "/api/home-feed",
+            &stack.user_token("user-0001", "feed:read").await
+        )
+        .await
+        .status(),
+        StatusCode::OK
+    );
+    for service in ["content", "ads", "recommendations"] {
+        stack.fault(service, 150, 0.0).await;
+    }
+    let start = Instant::now();
+    let res = get(&bff, "/api/home-feed", &token).await;
+    let elapsed = start.elapsed();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Three 150 ms parts in sequence could not answer before 450 ms.
+    assert!(
+        elapsed >= Duration::from_millis(150) && elapsed < Duration::from_millis(450),
+        "{elapsed:?}"
+    );
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["_meta"]["complete"], true);
+    assert!(
+        body["feed"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|t| t["type"] == "ad"))
+    );
+    assert!(body["for_you"].as_array().is_some_and(|f| !f.is_empty()));
+}
+
+#[tokio::test]
+async fn outdated_apps_are_told_to_upgrade() {
+    let (_stack, bff, token) = setup().await;
+    let http = reqwest::Client::new();
+    let call = |v: &'static str| {
+        http.get(format!("{}{PROFILE}", bff.url))
+            .bearer_auth(&token)
+            .header("x-client-version", v)
+            .send()
+    };
+    let res = call("iOS-1.9.9").await.expect("request");
+    assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["code"], "CLIENT_VERSION_UNSUPPORTED");
+    assert_eq!(body["minimum_version"], "2.0.0");
+    assert_eq!(
+        call("Android-2.3.1").await.expect("request").status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("banana").await.expect("request").status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn identity_and_trace_reach_backends_and_forged_identity_does_not() {
+    let (stack, bff, token) = setup().await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = reqwest::Client::new()
+        .get(format!("{}{PROFILE}", bff.url))
+        .bearer_auth(&token)
+        .header("x-user-id", "user-0001")
+        .header("traceparent", trace)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "content-encoding"), "gzip");
+    let last: Value = stack
+        .http
+        .get(format!("{}/admin/last-traceparent", stack.rest))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let seen = last["user"].as_str().expect("user saw a traceparent");
+    assert!(
+        seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("00f067aa0ba902b7"),
+        "each hop gets its own span id"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let (_stack, bff, token) = setup().await;
+    let res = get(&bff, "/api/nope", &token).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(header(&res, "content-type"), "application/problem+json");
+    let res = reqwest::Client::new()
+        .delete(format!("{}{PROFILE}", bff.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            reqwest::get(format!("{}{path}", bff.url))
+                .await
+                .expect("request")
+                .status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+}

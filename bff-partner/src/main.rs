@@ -1,0 +1,5 @@
+//! `bff-partner [--config FILE] [--listen ADDR]` or `bff-mobile check --config FILE`.
+
+fn main() -> std::process::ExitCode {
+    gateway_core::cli::main(&bff_partner::BFF)
+}

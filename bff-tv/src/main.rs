@@ -1,0 +1,5 @@
+//! `bff-tv [--config FILE] [--listen ADDR]` or `bff-mobile check --config FILE`.
+
+fn main() -> std::process::ExitCode {
+    gateway_core::cli::main(&bff_tv::BFF)
+}
