@@ -89,6 +89,26 @@ impl Stack {
         cfg.point_at(&self.idp, &self.grpc, &self.rest);
     }
 
+    /// Writes `bff`'s defaults, pointed at this stack and adjusted by `tweak`, to a TOML file for a
+    /// spawned binary to read.
+    pub fn config_file<C>(&self, bff: &Bff<C>, tweak: impl FnOnce(&mut Config<C>)) -> PathBuf
+    where
+        C: Serialize + DeserializeOwned + Default,
+    {
+        let mut cfg = (bff.defaults)();
+        self.point(&mut cfg);
+        tweak(&mut cfg);
+        let text = toml::to_string(&cfg).expect("configuration as TOML");
+        let path = std::env::temp_dir().join(format!(
+            "{}-{}-{}.toml",
+            bff.name,
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&path, text).expect("write configuration");
+        path
+    }
+
     /// Mints a token through the identity provider's HTTP API.
     pub async fn token(&self, body: Value) -> String {
         let res: Value = self
@@ -257,7 +277,27 @@ impl RedisServer {
     /// `redis-server`. With `BFF_REQUIRE_REDIS=1` a missing server fails the test instead.
     pub fn start(test: &str) -> Option<Self> {
         let required = std::env::var("BFF_REQUIRE_REDIS").is_ok_and(|v| v == "1");
-        let port = free_port();
+        match Self::spawn(free_port()) {
+            Ok(server) => Some(server),
+            Err(err) => {
+                assert!(
+                    !required,
+                    "{test}: BFF_REQUIRE_REDIS=1 but redis-server cannot start: {err}"
+                );
+                eprintln!(
+                    "SKIPPED {test}: no redis-server on this machine ({err}); set BFF_REQUIRE_REDIS=1 to fail instead"
+                );
+                None
+            }
+        }
+    }
+
+    /// Starts one on `port` again (after a test killed the previous one there).
+    pub fn start_on(port: u16) -> Self {
+        Self::spawn(port).expect("redis-server restarts")
+    }
+
+    fn spawn(port: u16) -> std::io::Result<Self> {
         let spawned = Command::new("redis-server")
             .args([
                 "--port",
@@ -272,19 +312,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(err) => {
-                assert!(
-                    !required,
-                    "{test}: BFF_REQUIRE_REDIS=1 but redis-server cannot start: {err}"
-                );
-                eprintln!(
-                    "SKIPPED {test}: no redis-server on this machine ({err}); set BFF_REQUIRE_REDIS=1 to fail instead"
-                );
-                return None;
-            }
-        };
+        let child = spawned?;
         let server = Self {
             port,
             url: format!("redis://127.0.0.1:{port}"),
@@ -292,11 +320,13 @@ impl RedisServer {
         };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
+                return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("{test}: redis-server on port {port} did not start");
+        Err(std::io::Error::other(format!(
+            "redis-server on port {port} did not start"
+        )))
     }
 }
 
@@ -328,13 +358,18 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Spawns `name` (a binary of this workspace) with `args` and `env`, output captured.
+    /// Spawns `name` (a binary of this workspace) with `args` and `env`. Standard output is piped
+    /// (read it, or leave it: the binaries print little there); logs go to a file in the temporary
+    /// directory, so a chatty process can never block on a full pipe.
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let log =
+            std::env::temp_dir().join(format!("{name}-{}-{}.log", std::process::id(), free_port()));
+        let log = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(binary(name));
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::from(log));
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -308,7 +308,7 @@ impl Catalogue {
             let h = mix(D_RECS, seed | k);
             let candidate = (h % ITEM_COUNT as u64) as usize;
             if !picked.contains(&candidate)
-                && (is_favourite(&self.items[candidate]) || (h >> 32) % 3 == 0)
+                && (is_favourite(&self.items[candidate]) || (h >> 32).is_multiple_of(3))
             {
                 picked.push(candidate);
             }

@@ -232,10 +232,8 @@ impl Issuer {
     async fn refetch(&self, force: bool) {
         let Some(url) = &self.jwks_url else { return };
         let mut last = self.fetch.lock().await;
-        if !force && let Some(at) = *last {
-            if at.elapsed() < self.cooldown {
-                return;
-            }
+        if !force && last.is_some_and(|at| at.elapsed() < self.cooldown) {
+            return;
         }
         *last = Some(Instant::now());
         match fetch_jwks(&self.http, url).await {

@@ -1,3 +1,6 @@
+// figment's Jail dictates the closure's error type.
+#![allow(clippy::result_large_err)]
+
 use super::*;
 
 fn defaults() -> Config<()> {
