@@ -87,3 +87,14 @@ async fn a_burst_past_twenty_meets_429s() {
         "40 back-to-back calls on a standard key meet 429s"
     );
 }
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let file = bff_tests::repo_path("deploy/config/partner.toml");
+    let out = bff_tests::check_config(env!("CARGO_BIN_EXE_bff-partner"), &file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -61,3 +61,14 @@ async fn home_is_rows_of_tiles_and_served_stale_when_backends_fail() {
         .expect("home");
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
 }
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let file = bff_tests::repo_path("deploy/config/tv.toml");
+    let out = bff_tests::check_config(env!("CARGO_BIN_EXE_bff-tv"), &file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -62,3 +62,14 @@ async fn cors_allows_configured_origins_only() {
     let other = preflight("https://evil.example").await.expect("preflight");
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let file = bff_tests::repo_path("deploy/config/web.toml");
+    let out = bff_tests::check_config(env!("CARGO_BIN_EXE_bff-web"), &file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -330,18 +330,20 @@ impl RedisServer {
     }
 }
 
-/// Path of a binary of this workspace, built alongside the tests.
-pub fn binary(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; binaries one level up.
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build --workspace` first)",
-        path.display()
-    );
-    path
+/// A file of this repository, by its path from the workspace root.
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(rel)
+}
+
+/// Runs `<exe> check --config <file>`.
+pub fn check_config(exe: &str, file: &std::path::Path) -> std::process::Output {
+    Command::new(exe)
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .expect("run check")
 }
 
 /// A spawned binary, killed when dropped.
@@ -358,14 +360,19 @@ impl Drop for Process {
 }
 
 impl Process {
-    /// Spawns `name` (a binary of this workspace) with `args` and `env`. Standard output is piped
-    /// (read it, or leave it: the binaries print little there); logs go to a file in the temporary
-    /// directory, so a chatty process can never block on a full pipe.
-    pub fn spawn(name: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+    /// Spawns the binary `exe` (a package's `CARGO_BIN_EXE_<name>`, which cargo builds for that
+    /// package's integration tests) with `args` and `env`. Standard output is piped (read it, or
+    /// leave it: the binaries print little there); logs go to a file in the temporary directory,
+    /// so a chatty process can never block on a full pipe.
+    pub fn spawn(exe: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let name = std::path::Path::new(exe)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("process");
         let log =
             std::env::temp_dir().join(format!("{name}-{}-{}.log", std::process::id(), free_port()));
         let log = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary(name));
+        let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -405,4 +412,90 @@ pub async fn wait_healthy(url: &str, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{url} did not become healthy within {timeout:?}");
+}
+
+/// Where a spawned devstack listens.
+pub struct DevstackPorts {
+    /// gRPC backends, REST backends, identity provider, mobile, web, TV, partner.
+    pub ports: [u16; 7],
+}
+
+impl DevstackPorts {
+    /// Seven free ports.
+    pub fn free() -> Self {
+        Self {
+            ports: std::array::from_fn(|_| free_port()),
+        }
+    }
+
+    /// The command-line flags that put devstack on these ports.
+    pub fn args(&self) -> Vec<String> {
+        let flags = [
+            "--grpc-port",
+            "--rest-port",
+            "--idp-port",
+            "--mobile-port",
+            "--web-port",
+            "--tv-port",
+            "--partner-port",
+        ];
+        flags
+            .iter()
+            .zip(self.ports)
+            .flat_map(|(f, p)| [(*f).to_owned(), p.to_string()])
+            .collect()
+    }
+
+    /// `http://127.0.0.1:<port>` of the REST backends.
+    pub fn rest(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[1])
+    }
+    /// The identity provider.
+    pub fn idp(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[2])
+    }
+    /// bff-mobile.
+    pub fn mobile(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[3])
+    }
+    /// bff-web.
+    pub fn web(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[4])
+    }
+    /// bff-tv.
+    pub fn tv(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[5])
+    }
+    /// bff-partner.
+    pub fn partner(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[6])
+    }
+}
+
+/// Sends `n` requests at once (HTTP/2 multiplexed, so they really are concurrent), round-robin over
+/// `urls`, with `credential` as both bearer token and API key; returns (200s, 429s, anything else).
+pub async fn burst(urls: &[String], credential: &str, n: usize) -> (usize, usize, usize) {
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let req = http
+                .get(&urls[i % urls.len()])
+                .bearer_auth(credential)
+                .header("x-api-key", credential)
+                .send();
+            tokio::spawn(req)
+        })
+        .collect();
+    let (mut ok, mut limited, mut other) = (0, 0, 0);
+    for t in tasks {
+        match t.await.expect("task").map(|r| r.status().as_u16()) {
+            Ok(200) => ok += 1,
+            Ok(429) => limited += 1,
+            _ => other += 1,
+        }
+    }
+    (ok, limited, other)
 }
