@@ -19,7 +19,6 @@ use axum::middleware;
 use axum::routing::get;
 use backend_clients as backends;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
-use gateway_core::upstream::Upstream;
 use gateway_core::{
     ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer, Shaped,
 };
@@ -100,11 +99,6 @@ pub fn app(gw: Gw) -> Router {
         .layer(CompressionLayer::new().gzip(true).br(true))
 }
 
-fn upstream(gw: &Gw, name: &str) -> Result<Arc<Upstream>, GatewayError> {
-    // Presence is checked at start-up (`BFF.upstreams`), so a miss here is our bug.
-    gw.upstreams.get(name).ok_or(GatewayError::Internal)
-}
-
 /// `GET /api/v2/user/profile`: user, subscription and preferences in one compact object.
 async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, GatewayError> {
     let user_id = ctx.subject()?.to_owned();
@@ -115,30 +109,7 @@ async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, 
         Duration::from_secs(60),
         Duration::ZERO,
         || async {
-            let (user, sub, prefs) = (
-                upstream(&gw, "user")?,
-                upstream(&gw, "subscription")?,
-                upstream(&gw, "preferences")?,
-            );
-            let mut parts = FanOut::new()
-                .part(
-                    "user",
-                    Need::Required,
-                    user.timeout,
-                    backends::user(user.clone(), ctx.clone(), user_id.clone()),
-                )
-                .part(
-                    "subscription",
-                    Need::Optional,
-                    sub.timeout,
-                    backends::current_subscription(sub.clone(), ctx.clone(), user_id.clone()),
-                )
-                .part(
-                    "preferences",
-                    Need::Optional,
-                    prefs.timeout,
-                    backends::preferences(prefs.clone(), ctx.clone(), user_id.clone()),
-                )
+            let mut parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?
                 .run()
                 .await?;
             let user = parts.take("user").unwrap_or(Value::Null);
@@ -170,7 +141,7 @@ async fn home_feed(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse
     let user_id = ctx.subject()?.to_owned();
     let key = gw.cache.key(&user_id, "home-feed", "v1");
     gw.cached(HOME_FEED, &key, Duration::from_secs(30), Duration::ZERO, || async {
-        let (content, ads, recs) = (upstream(&gw, "content")?, upstream(&gw, "ads")?, upstream(&gw, "recommendations")?);
+        let (content, ads, recs) = (gw.upstreams.expect("content")?, gw.upstreams.expect("ads")?, gw.upstreams.expect("recommendations")?);
         let mut parts = FanOut::new()
             .part("content", Need::Required, content.timeout, backends::content_list(content.clone(), ctx.clone(), "featured"))
             .part("ads", Need::Optional, ads.timeout, backends::ads(ads.clone(), ctx.clone(), user_id.clone(), "feed", 3))

@@ -95,10 +95,7 @@ async fn list_subscriptions(
         });
     }
     let partner = ctx.subject()?.to_owned();
-    let sub = gw
-        .upstreams
-        .get("subscription")
-        .ok_or(GatewayError::Internal)?;
+    let sub = gw.upstreams.expect("subscription")?;
     let mut parts = FanOut::new()
         .part(
             "subscription",

@@ -71,8 +71,8 @@ async fn home(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, Gat
     let key = gw.cache.key(&user_id, "home", "v1");
     let stale_for = Duration::from_secs(gw.config.client.stale_if_error_secs);
     gw.cached(HOME, &key, Duration::from_secs(300), stale_for, || async {
-        let up = |name: &str| gw.upstreams.get(name).ok_or(GatewayError::Internal);
-        let (content, ads, recs) = (up("content")?, up("ads")?, up("recommendations")?);
+        let (content, ads, recs) =
+            (gw.upstreams.expect("content")?, gw.upstreams.expect("ads")?, gw.upstreams.expect("recommendations")?);
         // "For you" needs item details for the recommended ids: one batched call, not one per item.
         let for_you = {
             let (content, recs, ctx, user_id) = (content.clone(), recs.clone(), ctx.clone(), user_id.clone());

@@ -14,9 +14,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::routing::get;
 use backend_clients as backends;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
-use gateway_core::{
-    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer,
-};
+use gateway_core::{ApiResponse, CallContext, Gateway, GatewayError, RequireScopeLayer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -104,27 +102,7 @@ async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, 
         Duration::from_secs(60),
         Duration::ZERO,
         || async {
-            let up = |name: &str| gw.upstreams.get(name).ok_or(GatewayError::Internal);
-            let (user, sub, prefs) = (up("user")?, up("subscription")?, up("preferences")?);
-            let mut parts = FanOut::new()
-                .part(
-                    "user",
-                    Need::Required,
-                    user.timeout,
-                    backends::user(user.clone(), ctx.clone(), user_id.clone()),
-                )
-                .part(
-                    "subscription",
-                    Need::Optional,
-                    sub.timeout,
-                    backends::current_subscription(sub.clone(), ctx.clone(), user_id.clone()),
-                )
-                .part(
-                    "preferences",
-                    Need::Optional,
-                    prefs.timeout,
-                    backends::preferences(prefs.clone(), ctx.clone(), user_id.clone()),
-                )
+            let mut parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?
                 .run()
                 .await?;
             let mut body = Map::new();

@@ -15,9 +15,43 @@ use demo_backends::proto::subscription::{
     subscription_service_client::SubscriptionServiceClient,
 };
 use demo_backends::proto::user::{GetUserRequest, user_service_client::UserServiceClient};
-use gateway_core::upstream::Upstream;
-use gateway_core::{CallContext, UpstreamError};
+use gateway_core::upstream::{Upstream, Upstreams};
+use gateway_core::{CallContext, FanOut, GatewayError, Need, UpstreamError};
 use serde_json::{Map, Value, json};
+
+/// The three parts of a user's profile, fetched in parallel: `user` (required), `subscription`
+/// and `preferences` (optional). Each BFF shapes the answers for its client.
+pub fn profile_parts(
+    upstreams: &Upstreams,
+    ctx: &CallContext,
+    user_id: &str,
+) -> Result<FanOut, GatewayError> {
+    let (user, sub, prefs) = (
+        upstreams.expect("user")?,
+        upstreams.expect("subscription")?,
+        upstreams.expect("preferences")?,
+    );
+    let (u, s, p) = (user.timeout, sub.timeout, prefs.timeout);
+    Ok(FanOut::new()
+        .part(
+            "user",
+            Need::Required,
+            u,
+            self::user(user, ctx.clone(), user_id.to_owned()),
+        )
+        .part(
+            "subscription",
+            Need::Optional,
+            s,
+            current_subscription(sub, ctx.clone(), user_id.to_owned()),
+        )
+        .part(
+            "preferences",
+            Need::Optional,
+            p,
+            preferences(prefs, ctx.clone(), user_id.to_owned()),
+        ))
+}
 
 /// `UserService.GetUser`, public fields only.
 pub async fn user(

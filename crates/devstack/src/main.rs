@@ -1,5 +1,6 @@
 //! `devstack`: demo backends, the dev identity provider and all four BFFs, in one command.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
@@ -48,7 +49,12 @@ async fn main() -> ExitCode {
         partner_port: a.partner_port,
         redis: a.redis,
     };
-    let ready = |r: &devstack::Running| println!("{}", devstack::banner(r, redis.as_deref()));
+    // A closed stdout (`devstack | head`) must not take the system down: the banner is best effort.
+    let ready = |r: &devstack::Running| {
+        let mut out = std::io::stdout().lock();
+        let _ =
+            writeln!(out, "{}", devstack::banner(r, redis.as_deref())).and_then(|()| out.flush());
+    };
     match devstack::run(opts, gateway_core::server::shutdown_signal(), ready).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -6,26 +6,23 @@ use std::time::Duration;
 
 use bff_tests::{DevstackPorts, Process, RedisServer, wait_healthy};
 use redis::AsyncCommands;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const DEVSTACK: &str = env!("CARGO_BIN_EXE_devstack");
 
-fn spawn(ports: &DevstackPorts, extra: &[&str]) -> Process {
+/// Starts devstack and reads the token and partner key from its banner; stdout is drained after,
+/// as a terminal would.
+async fn start(ports: &DevstackPorts, extra: &[&str]) -> (Process, String, String) {
     let mut args: Vec<String> = ports.args();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Process::spawn(DEVSTACK, &args, &[])
-}
-
-#[tokio::test]
-async fn devstack_serves_every_bff_with_the_printed_credentials_and_stops_on_sigterm() {
-    let ports = DevstackPorts::free();
-    let mut devstack = spawn(&ports, &[]);
+    let mut devstack = Process::spawn(DEVSTACK, &args, &[]);
     let stdout = devstack.child.stdout.take().expect("stdout");
-    let (token, key) = tokio::task::spawn_blocking(move || {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let (mut token, mut key) = (None, None);
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("line");
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        for line in lines.by_ref() {
             if let Some(t) = line.trim().strip_prefix("export TOKEN=") {
                 token = Some(t.to_owned());
             }
@@ -36,19 +33,28 @@ async fn devstack_serves_every_bff_with_the_printed_credentials_and_stops_on_sig
                 break;
             }
         }
-        (
-            token.expect("banner prints a token"),
-            key.expect("banner prints a partner key"),
-        )
-    })
-    .await
-    .expect("banner");
-
+        let _ = tx.send((token, key));
+        lines.for_each(drop);
+    });
+    let (token, key) =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .expect("join")
+            .expect("banner within 30 s");
+    let token = token.expect("banner prints a token");
+    let key = key.expect("banner prints a partner key");
     wait_healthy(
         &format!("{}/healthz", ports.mobile()),
         Duration::from_secs(10),
     )
     .await;
+    (devstack, token, key)
+}
+
+#[tokio::test]
+async fn devstack_serves_every_bff_with_the_printed_credentials_and_stops_on_sigterm() {
+    let ports = DevstackPorts::free();
+    let (mut devstack, token, key) = start(&ports, &[]).await;
     let http = reqwest::Client::new();
     let res = http
         .get(format!("{}/api/v2/user/profile", ports.mobile()))
@@ -100,24 +106,8 @@ async fn with_redis_shared_state_lives_there_and_every_key_expires() {
         return;
     };
     let ports = DevstackPorts::free();
-    let _devstack = spawn(&ports, &["--redis", &redis.url]);
-    wait_healthy(
-        &format!("{}/healthz", ports.mobile()),
-        Duration::from_secs(10),
-    )
-    .await;
-    wait_healthy(&format!("{}/healthz", ports.idp()), Duration::from_secs(10)).await;
+    let (_devstack, token, _) = start(&ports, &["--redis", &redis.url]).await;
     let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/token", ports.idp()))
-        .json(&json!({"sub": "user-0007", "scope": "profile:read"}))
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
-    let token = token["access_token"].as_str().expect("token").to_owned();
     let call = || {
         http.get(format!("{}/api/v2/user/profile", ports.mobile()))
             .bearer_auth(&token)

@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::future::{BoxFuture, Either, Ready, ready};
+use futures::future::{Either, Ready, ready};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
@@ -157,8 +157,11 @@ pub async fn authenticate(
 ) -> Response {
     match auth.authenticate(req.headers()).await {
         Ok(principal) => {
-            req.extensions_mut().insert(principal);
-            next.run(req).await
+            req.extensions_mut().insert(principal.clone());
+            let mut res = next.run(req).await;
+            // The access log, outside this layer, names the subject.
+            res.extensions_mut().insert(principal);
+            res
         }
         Err(err) => err.into_response(),
     }
@@ -220,9 +223,6 @@ where
         }
     }
 }
-
-/// A boxed future, for callers that want to name one.
-pub type AuthFuture = BoxFuture<'static, Result<Principal, GatewayError>>;
 
 #[cfg(test)]
 mod tests {

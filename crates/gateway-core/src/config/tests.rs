@@ -4,27 +4,7 @@
 use super::*;
 
 fn defaults() -> Config<()> {
-    Config {
-        server: ServerConfig::default(),
-        telemetry: TelemetryConfig::default(),
-        auth: AuthConfig {
-            issuers: vec![IssuerConfig {
-                issuer: "http://idp".into(),
-                audiences: vec!["bff-mobile".into()],
-                jwks_url: Some("http://idp/.well-known/jwks.json".into()),
-                pem_file: None,
-                pem_algorithm: None,
-                jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
-                jwks_cooldown_secs: DEFAULT_JWKS_COOLDOWN_SECS,
-            }],
-            ..AuthConfig::default()
-        },
-        redis: RedisConfig::default(),
-        ratelimit: RateLimitConfig::default(),
-        cache: CacheConfig::default(),
-        upstreams: BTreeMap::from([("user".into(), UpstreamConfig::at("http://127.0.0.1:50051"))]),
-        client: (),
-    }
+    Config::local(8081, "bff-mobile").upstream("user", DEV_GRPC_URL, 800)
 }
 
 fn load_with(toml: &str, env: &[(&str, &str)]) -> Result<Config<()>, String> {
@@ -49,7 +29,7 @@ fn file_overrides_defaults_and_env_overrides_file() {
     .expect("valid");
     assert_eq!(cfg.server.listen.port(), 9999);
     assert_eq!(cfg.ratelimit.policies["default"].limit, 7);
-    assert_eq!(cfg.upstreams["user"].url, "http://127.0.0.1:50051");
+    assert_eq!(cfg.upstreams["user"].url, DEV_GRPC_URL);
 }
 
 #[test]

@@ -112,10 +112,19 @@ pub trait RateLimitStore: Send + Sync + 'static {
     async fn decide(&self, key: &str, policy: &Policy) -> Result<Decision, StoreError>;
 }
 
+/// A policy as the shared store applies it, and this gateway's share of it for deciding alone.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The policy as configured.
+    pub policy: Policy,
+    /// `limit / instances`, for `fail_open_local`.
+    pub local_share: Policy,
+}
+
 /// One BFF's limiter: policies, the store, and what to do when the store fails.
 pub struct RateLimiter {
     bff: &'static str,
-    policies: HashMap<String, (Policy, Policy)>,
+    policies: HashMap<String, Resolved>,
     tiers: HashMap<String, String>,
     routes: HashMap<String, String>,
     shared: Option<Arc<dyn RateLimitStore>>,
@@ -144,8 +153,14 @@ impl RateLimiter {
                     Duration::from_secs(p.period_secs),
                     p.burst.unwrap_or(p.limit),
                 );
-                let local = policy.share(cfg.instances);
-                (name.clone(), (policy, local))
+                let local_share = policy.share(cfg.instances);
+                (
+                    name.clone(),
+                    Resolved {
+                        policy,
+                        local_share,
+                    },
+                )
             })
             .collect();
         Self {
@@ -163,7 +178,7 @@ impl RateLimiter {
     }
 
     /// The policy for a request: by route first, then by tier, then `default`.
-    fn policy_for(&self, route: Option<&str>, tier: Option<&str>) -> &(Policy, Policy) {
+    fn policy_for(&self, route: Option<&str>, tier: Option<&str>) -> &Resolved {
         let named = route
             .and_then(|r| self.routes.get(r))
             .or_else(|| tier.and_then(|t| self.tiers.get(t)))
@@ -177,12 +192,11 @@ impl RateLimiter {
     }
 
     /// Decides one request for `key`, applying the failure policy when the shared store fails.
-    pub async fn decide(
-        &self,
-        key: &str,
-        policy: &(Policy, Policy),
-    ) -> Result<Decision, GatewayError> {
-        let (policy, local_share) = policy;
+    pub async fn decide(&self, key: &str, resolved: &Resolved) -> Result<Decision, GatewayError> {
+        let Resolved {
+            policy,
+            local_share,
+        } = resolved;
         let Some(shared) = &self.shared else {
             let d = self.local.decide(key, policy, self.now_us());
             record(self.bff, d.allowed, "memory");
@@ -245,26 +259,26 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: 
     let policy = limiter.policy_for(route, principal.and_then(|p| p.tier.as_deref()));
     // Limits apply per subject; anonymous routes (none today) would fall back to the client address.
     let subject = match principal {
-        Some(p) => format!("{}:{}:{}", limiter.bff, policy.0.name, p.subject),
+        Some(p) => format!("{}:{}:{}", limiter.bff, policy.policy.name, p.subject),
         None => {
             let ip = req
                 .extensions()
                 .get::<ClientIp>()
                 .map(|ip| ip.0.to_string())
                 .unwrap_or_default();
-            format!("{}:{}:ip:{ip}", limiter.bff, policy.0.name)
+            format!("{}:{}:ip:{ip}", limiter.bff, policy.policy.name)
         }
     };
     match limiter.decide(&subject, policy).await {
         Ok(d) if d.allowed => {
             let mut res = next.run(req).await;
-            write_headers(res.headers_mut(), &policy.0, &d);
+            write_headers(res.headers_mut(), &policy.policy, &d);
             res
         }
         Ok(d) => {
             let retry_after_secs = d.retry_after_us.div_ceil(1_000_000).max(1);
             let mut res = GatewayError::RateLimited { retry_after_secs }.into_response();
-            write_headers(res.headers_mut(), &policy.0, &d);
+            write_headers(res.headers_mut(), &policy.policy, &d);
             res
         }
         Err(err) => err.into_response(),

@@ -169,6 +169,15 @@ impl Upstreams {
         self.by_name.get(name).cloned()
     }
 
+    /// The upstream called `name` for a handler. BFFs declare their upstreams and start-up checks
+    /// them ([`Self::require`]), so a miss here is a bug, answered 500 rather than a panic.
+    pub fn expect(&self, name: &str) -> Result<Arc<Upstream>, GatewayError> {
+        self.get(name).ok_or_else(|| {
+            tracing::error!(upstream = name, "route calls an undeclared upstream");
+            GatewayError::Internal
+        })
+    }
+
     /// Fails with a configuration error naming the first missing upstream.
     pub fn require(&self, names: &[&str]) -> Result<(), ConfigError> {
         match names.iter().find(|n| !self.by_name.contains_key(**n)) {
