@@ -178,7 +178,7 @@ impl RateLimiter {
     }
 
     /// The policy for a request: by route first, then by tier, then `default`.
-    fn policy_for(&self, route: Option<&str>, tier: Option<&str>) -> &Resolved {
+    pub fn resolve(&self, route: Option<&str>, tier: Option<&str>) -> &Resolved {
         let named = route
             .and_then(|r| self.routes.get(r))
             .or_else(|| tier.and_then(|t| self.tiers.get(t)))
@@ -256,7 +256,7 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let policy = limiter.policy_for(route, principal.and_then(|p| p.tier.as_deref()));
+    let policy = limiter.resolve(route, principal.and_then(|p| p.tier.as_deref()));
     // Limits apply per subject; anonymous routes (none today) would fall back to the client address.
     let subject = match principal {
         Some(p) => format!("{}:{}:{}", limiter.bff, policy.policy.name, p.subject),
@@ -347,7 +347,7 @@ mod tests {
             .map(|_| {
                 let l = limiter.clone();
                 tokio::spawn(async move {
-                    let p = l.policy_for(None, None).clone();
+                    let p = l.resolve(None, None).clone();
                     l.decide("user", &p)
                         .await
                         .map(|d| d.allowed)
@@ -369,7 +369,7 @@ mod tests {
             &cfg(FailureMode::FailOpenLocal, 2),
             Some(Arc::new(Down)),
         );
-        let p = limiter.policy_for(None, None).clone();
+        let p = limiter.resolve(None, None).clone();
         let mut admitted = 0;
         for _ in 0..10 {
             admitted += usize::from(
@@ -386,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn fail_closed_refuses_with_503() {
         let limiter = RateLimiter::new("t", &cfg(FailureMode::FailClosed, 1), Some(Arc::new(Down)));
-        let p = limiter.policy_for(None, None).clone();
+        let p = limiter.resolve(None, None).clone();
         assert!(matches!(
             limiter.decide("u", &p).await,
             Err(GatewayError::LimiterUnavailable)

@@ -1,0 +1,106 @@
+//! Costs of the functions every request goes through, besides token verification (see `auth`).
+//!
+//! `cargo bench -p gateway-core --bench hot_paths`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use axum::response::IntoResponse;
+use criterion::{Criterion, criterion_group, criterion_main};
+use gateway_core::aggregate::{FanOut, Need};
+use gateway_core::cache::{MemoryCache, ResponseCache};
+use gateway_core::config::{CacheConfig, PolicyConfig, RateLimitConfig};
+use gateway_core::edge::TraceContext;
+use gateway_core::ratelimit::memory::MemoryStore;
+use gateway_core::ratelimit::{Algorithm, Policy, RateLimiter};
+use gateway_core::{GatewayError, UpstreamError};
+use serde_json::{Map, Value, json};
+
+fn limiter(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ratelimit");
+    let store = MemoryStore::new(1_000_000);
+    let gcra = Policy::new("p", Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1), 1_000_000);
+    let window = Policy::new("p", Algorithm::SlidingWindow, u64::MAX / 4, Duration::from_secs(60), 1);
+    let mut now = 0u64;
+    g.bench_function("memory_gcra_one_key", |b| {
+        b.iter(|| {
+            now += 1;
+            black_box(store.decide("bff-mobile:default:user-0042", &gcra, now))
+        })
+    });
+    g.bench_function("memory_sliding_window_one_key", |b| {
+        b.iter(|| {
+            now += 1;
+            black_box(store.decide("bff-mobile:default:user-0042", &window, now))
+        })
+    });
+    let keys: Vec<String> = (0..100_000).map(|i| format!("bff-mobile:default:user-{i}")).collect();
+    let mut i = 0;
+    g.bench_function("memory_gcra_100k_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            now += 1;
+            black_box(store.decide(&keys[i], &gcra, now))
+        })
+    });
+    let cfg = RateLimitConfig {
+        policies: [("default".to_owned(), PolicyConfig { limit: u64::MAX / 4, ..PolicyConfig::per_minute(1) })].into(),
+        ..RateLimitConfig::default()
+    };
+    let limiter = RateLimiter::new("bench", &cfg, None);
+    let resolved = limiter.resolve(None, None).clone();
+    g.bench_function("limiter_decide_memory", |b| {
+        b.iter(|| black_box(futures::executor::block_on(limiter.decide("user-0042", &resolved))))
+    });
+    g.finish();
+}
+
+fn edge_and_cache(c: &mut Criterion) {
+    let mut g = c.benchmark_group("edge");
+    let tp = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    g.bench_function("traceparent_parse_and_child", |b| {
+        b.iter(|| black_box(TraceContext::from_header(Some(black_box(&tp))).child_header()))
+    });
+    g.bench_function("problem_json_429", |b| {
+        b.iter(|| black_box(GatewayError::RateLimited { retry_after_secs: 7 }.into_response()))
+    });
+    let cache = ResponseCache::new("bff-mobile", &CacheConfig::default(), Some(std::sync::Arc::new(MemoryCache::new(1000))));
+    g.bench_function("cache_key", |b| b.iter(|| black_box(cache.key(black_box("user-0042"), "profile", "v2"))));
+    g.finish();
+}
+
+fn profile_parts() -> [(&'static str, Value); 3] {
+    [
+        ("user", json!({"id": "user-0042", "display_name": "Ben Ito", "email": "ben@example.com", "avatar_url": "https://img/a", "country": "DE", "locale": "de-DE", "created_at": 1})),
+        ("subscription", json!({"id": "sub-u0042", "plan": "basic", "status": "active", "price_cents": 799, "currency": "EUR", "started_at": 1, "renews_at": 2})),
+        ("preferences", json!({"language": "de", "theme": "light", "autoplay": true, "notifications": true, "favourite_genres": ["drama"]})),
+    ]
+}
+
+fn aggregate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("aggregate");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    g.bench_function("fan_out_three_ready_parts_and_shape", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut fan = FanOut::new();
+                for (name, value) in profile_parts() {
+                    let need = if name == "user" { Need::Required } else { Need::Optional };
+                    fan = fan.part(name, need, Duration::from_millis(300), async move { Ok::<_, UpstreamError>(value) });
+                }
+                let mut parts = fan.run().await.expect("complete");
+                let user = parts.take("user").unwrap_or(Value::Null);
+                let mut body = Map::new();
+                body.insert("user".into(), json!({"id": user["id"], "name": user["display_name"], "avatar": user["avatar_url"]}));
+                body.insert("subscription".into(), parts.take("subscription").unwrap_or(Value::Null));
+                body.insert("preferences".into(), parts.take("preferences").unwrap_or(Value::Null));
+                black_box(serde_json::to_vec(&parts.respond(body).body).expect("json"))
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, limiter, edge_and_cache, aggregate);
+criterion_main!(benches);
