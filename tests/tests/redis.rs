@@ -105,3 +105,35 @@ async fn redis_outage_fails_open_locally_for_users_and_closed_for_partners_then_
         "partner limits came back with Redis, without a restart"
     );
 }
+
+#[tokio::test]
+async fn a_frozen_redis_costs_each_decision_no_more_than_its_bound() {
+    let Some(redis) = RedisServer::start("a_frozen_redis") else {
+        return;
+    };
+    let stack = Stack::start().await;
+    let mobile = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.redis.url = Some(redis.url.clone());
+        c.cache.enabled = false;
+    })
+    .await;
+    let token = stack.user_token("user-0042", "profile:read").await;
+    let http = reqwest::Client::new();
+    let profile = || {
+        http.get(format!("{}/api/v2/user/profile", mobile.url))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(profile().await.expect("warm").status(), StatusCode::OK);
+
+    redis.freeze();
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let res = profile().await.expect("profile");
+        let elapsed = start.elapsed();
+        assert_eq!(res.status(), StatusCode::OK, "decided locally");
+        // The decision is bounded by 50 ms; a hang would take the whole request budget (10 s).
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+    redis.thaw();
+}
