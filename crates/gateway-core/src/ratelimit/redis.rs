@@ -13,7 +13,7 @@ use ::redis::Script;
 
 /// KEYS[1] = the key; ARGV[1] = emission interval (µs); ARGV[2] = tolerance (µs).
 /// Returns {allowed, remaining, reset_us, retry_after_us}. Mirrors `gcra::decide` exactly.
-const GCRA_LUA: &str = r"
+pub const GCRA_LUA: &str = r"
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local t = redis.call('TIME')
@@ -30,7 +30,7 @@ return {1, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 
 
 /// KEYS[1] = the key (a hash of w, prev, cur); ARGV[1] = period (ms); ARGV[2] = limit.
 /// Returns {allowed, remaining, reset_us, retry_after_us}. Mirrors `window::decide` exactly.
-const WINDOW_LUA: &str = r"
+pub const WINDOW_LUA: &str = r"
 local period = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local t = redis.call('TIME')
