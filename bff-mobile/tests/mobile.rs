@@ -313,3 +313,76 @@ async fn unknown_routes_and_methods_are_problems() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_failing_optional_upstream_is_cut_off_by_its_breaker() {
+    let (stack, bff, token) = setup().await;
+    stack.fault("ads", 0, 1.0).await;
+    let before = stack.hits().await["ads"].as_u64().expect("ads hits");
+    let mut outcomes = Vec::new();
+    for _ in 0..20 {
+        let res = get(&bff, "/api/home-feed", &token).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(header(&res, "x-degraded"), "ads");
+        let body: Value = res.json().await.expect("json");
+        outcomes.push(
+            body["_meta"]["parts"]["ads"]["outcome"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let calls = stack.hits().await["ads"].as_u64().expect("ads hits") - before;
+    assert_eq!(
+        calls, 5,
+        "the breaker opens after five consecutive failures"
+    );
+    assert!(outcomes[..5].iter().all(|o| o == "error"), "{outcomes:?}");
+    assert!(
+        outcomes[5..].iter().all(|o| o == "circuit_open"),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn per_address_limits_believe_forwarded_for_only_from_trusted_proxies() {
+    use gateway_core::config::{LimitKey, PolicyConfig};
+    let stack = Stack::start().await;
+    let token = stack.user_token("user-0042", "profile:read").await;
+    for (trusted, second_client) in [
+        (vec!["127.0.0.1/32".to_owned()], StatusCode::OK),
+        (vec![], StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+            c.server.trusted_proxies = trusted.clone();
+            c.ratelimit.policies.insert(
+                "default".into(),
+                PolicyConfig {
+                    key: LimitKey::ClientIp,
+                    ..PolicyConfig::per_minute(1)
+                },
+            );
+        })
+        .await;
+        let call = |client: &'static str| {
+            reqwest::Client::new()
+                .get(format!("{}{PROFILE}", bff.url))
+                .bearer_auth(&token)
+                .header("x-forwarded-for", format!("6.6.6.6, {client}"))
+                .send()
+        };
+        assert_eq!(
+            call("198.51.100.1").await.expect("a").status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            call("198.51.100.1").await.expect("a again").status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            call("198.51.100.2").await.expect("b").status(),
+            second_client,
+            "trusted: {trusted:?}"
+        );
+    }
+}

@@ -13,7 +13,9 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use backend_clients as backends;
-use gateway_core::config::{Algorithm, AuthMode, Config, DEV_GRPC_URL, FailureMode, PolicyConfig};
+use gateway_core::config::{
+    Algorithm, AuthMode, Config, DEV_GRPC_URL, FailureMode, PolicyConfig, QuotaConfig,
+};
 use gateway_core::{ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need};
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
@@ -42,6 +44,11 @@ pub fn defaults() -> Config<PartnerClient> {
         limit: 10,
         period_secs: 1,
         burst: Some(20),
+        quota: Some(QuotaConfig {
+            limit: 10_000,
+            window_secs: 86_400,
+        }),
+        ..PolicyConfig::per_minute(10)
     };
     cfg.ratelimit.policies = BTreeMap::from([
         ("default".to_owned(), standard.clone()),

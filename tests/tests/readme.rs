@@ -65,6 +65,7 @@ fn every_configuration_key_is_documented() {
     full.redis.url = Some("redis://x".into());
     full.auth.issuers[0].pem_file = Some("k.pem".into());
     full.auth.issuers[0].pem_algorithm = Some("ES256".into());
+    full.auth.issuers[0].hs256_secret = Some("s".repeat(32));
     full.auth.api_keys.push(gateway_core::config::ApiKeyConfig {
         sha256: "0".repeat(64),
         partner: "p".into(),

@@ -30,6 +30,7 @@ async fn concurrent_requests_admit_exactly_the_limit_with_either_algorithm() {
                     limit: 100,
                     period_secs: 60,
                     burst: (algorithm == Algorithm::Gcra).then_some(100),
+                    ..PolicyConfig::per_minute(100)
                 },
             );
         })
@@ -136,4 +137,73 @@ async fn a_frozen_redis_costs_each_decision_no_more_than_its_bound() {
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     }
     redis.thaw();
+}
+
+#[tokio::test]
+async fn a_quota_caps_what_the_rate_admits_in_memory_and_in_redis() {
+    use gateway_core::config::QuotaConfig;
+    let redis = RedisServer::start("a_quota_caps_what_the_rate_admits");
+    let stack = Stack::start().await;
+    let key = stack.partner_key("acme").await;
+    let stores: Vec<Option<String>> = std::iter::once(None)
+        .chain(redis.as_ref().map(|r| Some(r.url.clone())))
+        .collect();
+    let combos = stores.iter().flat_map(|u| {
+        [
+            (u.clone(), Algorithm::Gcra),
+            (u.clone(), Algorithm::SlidingWindow),
+        ]
+    });
+    for (i, (url, algorithm)) in combos.enumerate() {
+        let partner = TestBff::start(&bff_partner::BFF, &stack, |c| {
+            c.redis.url = url.clone();
+            c.redis.key_prefix = format!("quota-{i}");
+            c.ratelimit.decision_timeout_ms = 2_000;
+            for p in c.ratelimit.policies.values_mut() {
+                p.algorithm = algorithm;
+                p.burst = (algorithm == Algorithm::Gcra).then_some(20);
+                p.quota = Some(QuotaConfig {
+                    limit: 5,
+                    window_secs: 86_400,
+                });
+            }
+        })
+        .await;
+        let list = format!("{}/v1/subscriptions", partner.url);
+        assert_eq!(
+            bff_tests::burst(std::slice::from_ref(&list), &key, 12).await,
+            (5, 7, 0),
+            "redis: {url:?}, {algorithm:?}"
+        );
+        let res = reqwest::Client::new()
+            .get(&list)
+            .header("x-api-key", &key)
+            .send()
+            .await
+            .expect("list");
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = res.headers();
+        assert_eq!(h["x-ratelimit-quota-limit"], "5");
+        assert_eq!(h["x-ratelimit-quota-remaining"], "0");
+        let retry: u64 = h["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        let reset: u64 = h["x-ratelimit-quota-reset"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!(
+            retry > 0 && retry <= 86_400 && retry == reset,
+            "retry {retry}, reset {reset}"
+        );
+        assert!(
+            h["ratelimit-policy"]
+                .to_str()
+                .expect("ascii")
+                .contains("\"standard-quota\";q=5;w=86400")
+        );
+    }
 }

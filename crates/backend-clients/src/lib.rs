@@ -60,10 +60,14 @@ pub async fn user(
     user_id: String,
 ) -> Result<Value, UpstreamError> {
     let mut client = UserServiceClient::new(up.channel());
-    let u = client
-        .get_user(ctx.grpc(GetUserRequest { user_id }, up.timeout))
-        .await?
-        .into_inner();
+    let u = up
+        .call(async {
+            Ok(client
+                .get_user(ctx.grpc(GetUserRequest { user_id }, up.timeout))
+                .await?
+                .into_inner())
+        })
+        .await?;
     Ok(json!({
         "id": u.id,
         "display_name": u.display_name,
@@ -82,10 +86,14 @@ pub async fn preferences(
     user_id: String,
 ) -> Result<Value, UpstreamError> {
     let mut client = PreferencesServiceClient::new(up.channel());
-    let p = client
-        .get_preferences(ctx.grpc(GetPreferencesRequest { user_id }, up.timeout))
-        .await?
-        .into_inner();
+    let p = up
+        .call(async {
+            Ok(client
+                .get_preferences(ctx.grpc(GetPreferencesRequest { user_id }, up.timeout))
+                .await?
+                .into_inner())
+        })
+        .await?;
     Ok(json!({
         "language": p.language,
         "theme": p.theme,
@@ -150,10 +158,14 @@ async fn get_subscription(
     req: GetSubscriptionRequest,
 ) -> Result<Value, UpstreamError> {
     let mut client = SubscriptionServiceClient::new(up.channel());
-    let s = client
-        .get_subscription(ctx.grpc(req, up.timeout))
-        .await?
-        .into_inner();
+    let s = up
+        .call(async {
+            Ok(client
+                .get_subscription(ctx.grpc(req, up.timeout))
+                .await?
+                .into_inner())
+        })
+        .await?;
     Ok(subscription_json(&s))
 }
 
@@ -172,10 +184,14 @@ pub async fn list_subscriptions(
         page_size,
         page_token,
     };
-    let res = client
-        .list_subscriptions(ctx.grpc(req, up.timeout))
-        .await?
-        .into_inner();
+    let res = up
+        .call(async {
+            Ok(client
+                .list_subscriptions(ctx.grpc(req, up.timeout))
+                .await?
+                .into_inner())
+        })
+        .await?;
     Ok(json!({
         "subscriptions": res.subscriptions.iter().map(subscription_json).collect::<Vec<_>>(),
         "next_page_token": (!res.next_page_token.is_empty()).then_some(res.next_page_token),
@@ -189,10 +205,14 @@ pub async fn create_subscription(
     req: CreateSubscriptionRequest,
 ) -> Result<Value, UpstreamError> {
     let mut client = SubscriptionServiceClient::new(up.channel());
-    let s = client
-        .create_subscription(ctx.grpc(req, up.timeout))
-        .await?
-        .into_inner();
+    let s = up
+        .call(async {
+            Ok(client
+                .create_subscription(ctx.grpc(req, up.timeout))
+                .await?
+                .into_inner())
+        })
+        .await?;
     Ok(subscription_json(&s))
 }
 

@@ -20,8 +20,20 @@ use serde_json::{Map, Value, json};
 fn limiter(c: &mut Criterion) {
     let mut g = c.benchmark_group("ratelimit");
     let store = MemoryStore::new(1_000_000);
-    let gcra = Policy::new("p", Algorithm::Gcra, 1_000_000_000, Duration::from_secs(1), 1_000_000);
-    let window = Policy::new("p", Algorithm::SlidingWindow, u64::MAX / 4, Duration::from_secs(60), 1);
+    let gcra = Policy::new(
+        "p",
+        Algorithm::Gcra,
+        1_000_000_000,
+        Duration::from_secs(1),
+        1_000_000,
+    );
+    let window = Policy::new(
+        "p",
+        Algorithm::SlidingWindow,
+        u64::MAX / 4,
+        Duration::from_secs(60),
+        1,
+    );
     let mut now = 0u64;
     g.bench_function("memory_gcra_one_key", |b| {
         b.iter(|| {
@@ -35,7 +47,9 @@ fn limiter(c: &mut Criterion) {
             black_box(store.decide("bff-mobile:default:user-0042", &window, now))
         })
     });
-    let keys: Vec<String> = (0..100_000).map(|i| format!("bff-mobile:default:user-{i}")).collect();
+    let keys: Vec<String> = (0..100_000)
+        .map(|i| format!("bff-mobile:default:user-{i}"))
+        .collect();
     let mut i = 0;
     g.bench_function("memory_gcra_100k_keys", |b| {
         b.iter(|| {
@@ -45,13 +59,29 @@ fn limiter(c: &mut Criterion) {
         })
     });
     let cfg = RateLimitConfig {
-        policies: [("default".to_owned(), PolicyConfig { limit: u64::MAX / 4, ..PolicyConfig::per_minute(1) })].into(),
+        policies: [(
+            "default".to_owned(),
+            PolicyConfig {
+                limit: u64::MAX / 4,
+                ..PolicyConfig::per_minute(1)
+            },
+        )]
+        .into(),
         ..RateLimitConfig::default()
     };
-    let limiter = RateLimiter::new("bench", &cfg, None);
+    let limiter = RateLimiter::new(
+        "bench",
+        &cfg,
+        None,
+        &gateway_core::upstream::Upstreams::new(&Default::default()).expect("upstreams"),
+    );
     let resolved = limiter.resolve(None, None).clone();
     g.bench_function("limiter_decide_memory", |b| {
-        b.iter(|| black_box(futures::executor::block_on(limiter.decide("user-0042", &resolved))))
+        b.iter(|| {
+            black_box(futures::executor::block_on(
+                limiter.decide("user-0042", &resolved),
+            ))
+        })
     });
     g.finish();
 }
@@ -63,24 +93,49 @@ fn edge_and_cache(c: &mut Criterion) {
         b.iter(|| black_box(TraceContext::from_header(Some(black_box(&tp))).child_header()))
     });
     g.bench_function("problem_json_429", |b| {
-        b.iter(|| black_box(GatewayError::RateLimited { retry_after_secs: 7 }.into_response()))
+        b.iter(|| {
+            black_box(
+                GatewayError::RateLimited {
+                    retry_after_secs: 7,
+                }
+                .into_response(),
+            )
+        })
     });
-    let cache = ResponseCache::new("bff-mobile", &CacheConfig::default(), Some(std::sync::Arc::new(MemoryCache::new(1000))));
-    g.bench_function("cache_key", |b| b.iter(|| black_box(cache.key(black_box("user-0042"), "profile", "v2"))));
+    let cache = ResponseCache::new(
+        "bff-mobile",
+        &CacheConfig::default(),
+        Some(std::sync::Arc::new(MemoryCache::new(1000))),
+    );
+    g.bench_function("cache_key", |b| {
+        b.iter(|| black_box(cache.key(black_box("user-0042"), "profile", "v2")))
+    });
     g.finish();
 }
 
 fn profile_parts() -> [(&'static str, Value); 3] {
     [
-        ("user", json!({"id": "user-0042", "display_name": "Ben Ito", "email": "ben@example.com", "avatar_url": "https://img/a", "country": "DE", "locale": "de-DE", "created_at": 1})),
-        ("subscription", json!({"id": "sub-u0042", "plan": "basic", "status": "active", "price_cents": 799, "currency": "EUR", "started_at": 1, "renews_at": 2})),
-        ("preferences", json!({"language": "de", "theme": "light", "autoplay": true, "notifications": true, "favourite_genres": ["drama"]})),
+        (
+            "user",
+            json!({"id": "user-0042", "display_name": "Ben Ito", "email": "ben@example.com", "avatar_url": "https://img/a", "country": "DE", "locale": "de-DE", "created_at": 1}),
+        ),
+        (
+            "subscription",
+            json!({"id": "sub-u0042", "plan": "basic", "status": "active", "price_cents": 799, "currency": "EUR", "started_at": 1, "renews_at": 2}),
+        ),
+        (
+            "preferences",
+            json!({"language": "de", "theme": "light", "autoplay": true, "notifications": true, "favourite_genres": ["drama"]}),
+        ),
     ]
 }
 
 fn aggregate(c: &mut Criterion) {
     let mut g = c.benchmark_group("aggregate");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     g.bench_function("fan_out_three_ready_parts_and_shape", |b| {
         b.iter(|| {
             rt.block_on(async {

@@ -60,6 +60,8 @@ pub struct Shared<C> {
     pub upstreams: Upstreams,
     /// Shared Redis, when configured.
     pub redis: Option<Redis>,
+    /// Edge settings.
+    pub edge: edge::Edge,
     ready: AtomicBool,
 }
 
@@ -138,13 +140,29 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             Some(r) => Arc::new(RedisCache::new(r.clone())),
             None => Arc::new(MemoryCache::new(cfg.cache.max_entries)),
         };
+        let upstreams = Upstreams::new(&cfg.upstreams)?;
+        let trusted = cfg
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| edge::proxies::Cidr::parse(c))
+            .collect();
+        let edge = edge::Edge {
+            trusted_proxies: trusted,
+        };
         let shared = Shared {
             bff: self.bff,
             auth: Arc::new(auth),
-            limiter: Arc::new(RateLimiter::new(self.bff, &cfg.ratelimit, limit_store)),
+            limiter: Arc::new(RateLimiter::new(
+                self.bff,
+                &cfg.ratelimit,
+                limit_store,
+                &upstreams,
+            )),
             cache: ResponseCache::new(self.bff, &cfg.cache, Some(cache_store)),
-            upstreams: Upstreams::new(&cfg.upstreams)?,
+            upstreams,
             redis,
+            edge,
             config: cfg,
             ready: AtomicBool::new(true),
         };
@@ -186,7 +204,10 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
             .layer(
                 ServiceBuilder::new()
-                    .layer(middleware::from_fn(edge::hygiene))
+                    .layer(middleware::from_fn_with_state(
+                        self.edge.clone(),
+                        edge::hygiene,
+                    ))
                     .layer(middleware::from_fn_with_state(
                         self.bff,
                         telemetry::access_log,

@@ -120,6 +120,7 @@ impl FanOut {
             let outcome = match &result {
                 Ok(_) => Outcome::Ok,
                 Err(UpstreamError::Timeout) => Outcome::Timeout,
+                Err(UpstreamError::CircuitOpen) => Outcome::CircuitOpen,
                 Err(_) => Outcome::Error,
             };
             metrics::counter!("bff_upstream_parts_total", "part" => name, "outcome" => outcome_label(outcome))

@@ -1,6 +1,11 @@
 //! Partner API keys: generated with 256 bits of entropy, stored only as their SHA-256, looked up by
 //! that hash. A fast hash is the right tool here (as for GitHub's tokens): the keys are random, so
-//! there is nothing to brute-force, and the lookup never compares secret material byte by byte.
+//! there is nothing to brute-force.
+//!
+//! Timing: a lookup never compares the presented key itself, only its SHA-256, and an attacker who
+//! learnt how many leading bytes of a stored hash their guess matched would still need a preimage
+//! to use it. Even so, [`KeyHash`] equality (what a map lookup ends with) runs in constant time, so
+//! the configured-keys map leaks nothing; Redis looks the hash up as a key name.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::store::{Redis, StoreError, bounded, redis::AsyncCommands};
 
@@ -34,9 +40,24 @@ pub struct ApiKeyRecord {
     pub version: Option<String>,
 }
 
-/// The SHA-256 of a key, the only form in which keys are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The SHA-256 of a key, the only form in which keys are stored. Compared in constant time.
+#[derive(Debug, Clone, Copy)]
 pub struct KeyHash(pub [u8; 32]);
+
+// Written out because equality is: the two must agree, and hashing the bytes is what derive does.
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl PartialEq for KeyHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl Eq for KeyHash {}
 
 impl KeyHash {
     /// Hashes a presented key.

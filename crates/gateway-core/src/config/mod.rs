@@ -27,6 +27,12 @@ pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
 pub const DEFAULT_JWKS_COOLDOWN_SECS: u64 = 30;
 /// Default upper bound on a bearer token's length, checked before any decoding.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default bound on the verified tokens remembered so a repeated token skips signature work.
+pub const DEFAULT_VERIFIED_CACHE_MAX_ENTRIES: u64 = 10_000;
+/// Largest clock leeway accepted: beyond it `exp` would stop meaning much.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Shortest HS256 secret accepted: RFC 7518 section 3.2 asks for at least the hash's 256 bits.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// Default bound on one rate-limit decision against a shared store, in milliseconds.
 pub const DEFAULT_DECISION_TIMEOUT_MS: u64 = 50;
 /// Default bound on the number of keys the in-memory limiter tracks.
@@ -37,6 +43,10 @@ pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
 pub const DEFAULT_CACHE_TIMEOUT_MS: u64 = 50;
 /// Default per-call upstream timeout, in milliseconds.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 1_000;
+/// Default consecutive failures that open an upstream's circuit.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// Default time an open circuit stays open, in milliseconds.
+pub const DEFAULT_BREAKER_OPEN_MS: u64 = 10_000;
 /// Default Redis connection pool size.
 pub const DEFAULT_REDIS_POOL_SIZE: usize = 32;
 /// Default bound on waiting for, creating or recycling a Redis connection, in milliseconds.
@@ -96,6 +106,7 @@ impl<C: Default> Config<C> {
                     jwks_url: Some(format!("{DEV_IDP_URL}/.well-known/jwks.json")),
                     pem_file: None,
                     pem_algorithm: None,
+                    hs256_secret: None,
                     jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
                     jwks_cooldown_secs: DEFAULT_JWKS_COOLDOWN_SECS,
                 }],
@@ -129,8 +140,8 @@ impl<C: Default> Config<C> {
         self.upstreams.insert(
             name.to_owned(),
             UpstreamConfig {
-                url: url.to_owned(),
                 timeout_ms,
+                ..UpstreamConfig::at(url)
             },
         );
         self
@@ -149,6 +160,8 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// After SIGTERM, how long in-flight requests may take to finish, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -158,6 +171,7 @@ impl Default for ServerConfig {
             body_limit_bytes: DEFAULT_BODY_LIMIT_BYTES,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -207,6 +221,9 @@ pub struct AuthConfig {
     pub tier_claim: String,
     /// API keys known from the configuration file (in addition to the shared store).
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Verified tokens remembered until their `exp`, so a repeated token skips signature work;
+    /// 0 disables the cache.
+    pub verified_cache_max_entries: u64,
 }
 
 impl Default for AuthConfig {
@@ -218,6 +235,7 @@ impl Default for AuthConfig {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             tier_claim: "tier".to_owned(),
             api_keys: Vec::new(),
+            verified_cache_max_entries: DEFAULT_VERIFIED_CACHE_MAX_ENTRIES,
         }
     }
 }
@@ -249,6 +267,10 @@ pub struct IssuerConfig {
     /// Algorithm of the PEM key (`RS256`, `PS256`, `ES256`, `EdDSA`).
     #[serde(default)]
     pub pem_algorithm: Option<String>,
+    /// Development only: an HS256 shared secret (at least 32 bytes) instead of public keys. An
+    /// issuer with a secret accepts HS256 and nothing else; one with public keys never HS256.
+    #[serde(default)]
+    pub hs256_secret: Option<String>,
     /// Seconds between background refreshes of the JWKS.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_secs: u64,
@@ -358,6 +380,53 @@ pub struct PolicyConfig {
     /// Requests admitted back to back; `limit` when absent.
     #[serde(default)]
     pub burst: Option<u64>,
+    /// Shrink this policy while an upstream the routes need has its circuit open.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveConfig>,
+    /// What the limit is counted per: `subject` (the user or partner) or `client_ip`.
+    #[serde(default)]
+    pub key: LimitKey,
+    /// A fixed quota per longer window on top of the rate (a partner's daily quota).
+    #[serde(default)]
+    pub quota: Option<QuotaConfig>,
+}
+
+/// `[ratelimit.policies.NAME.quota]`: at most `limit` requests per `window_secs`, windows aligned
+/// to the Unix epoch (a daily quota resets at midnight UTC).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Requests per window.
+    pub limit: u64,
+    /// The window, in seconds.
+    #[serde(default = "default_quota_window")]
+    pub window_secs: u64,
+}
+
+fn default_quota_window() -> u64 {
+    86_400
+}
+
+/// What a policy counts requests per.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKey {
+    /// The authenticated principal (user id or partner id).
+    #[default]
+    Subject,
+    /// The client's address, from the trusted-proxy chain.
+    ClientIp,
+}
+
+/// `[ratelimit.policies.NAME.adaptive]`: while any of `upstreams` has an open (or probing)
+/// circuit, the policy admits `limit * factor` (and `burst * factor`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// Upstreams whose breakers shrink the policy.
+    pub upstreams: Vec<String>,
+    /// The factor, in (0, 1].
+    pub factor: f64,
 }
 
 impl PolicyConfig {
@@ -368,6 +437,9 @@ impl PolicyConfig {
             limit,
             period_secs: 60,
             burst: None,
+            adaptive: None,
+            key: LimitKey::Subject,
+            quota: None,
         }
     }
 }
@@ -429,18 +501,32 @@ pub struct UpstreamConfig {
     /// Per-call timeout, in milliseconds.
     #[serde(default = "default_upstream_timeout")]
     pub timeout_ms: u64,
+    /// Consecutive failures (timeouts, errors) that open the circuit breaker; 0 disables it.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before one probe may go through, in milliseconds.
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
 }
 
 fn default_upstream_timeout() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_MS
 }
+fn default_breaker_failures() -> u32 {
+    DEFAULT_BREAKER_FAILURES
+}
+fn default_breaker_open_ms() -> u64 {
+    DEFAULT_BREAKER_OPEN_MS
+}
 
 impl UpstreamConfig {
-    /// An upstream at `url` with the default timeout.
+    /// An upstream at `url` with the default timeout and breaker.
     pub fn at(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
             timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
         }
     }
 }
@@ -487,6 +573,15 @@ where
         if self.server.body_limit_bytes == 0 {
             return bad("server.body_limit_bytes".into(), "must be > 0", "0".into());
         }
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if crate::edge::proxies::Cidr::parse(cidr).is_none() {
+                return bad(
+                    format!("server.trusted_proxies[{i}]"),
+                    "must be an address or CIDR range",
+                    format!("{cidr:?}"),
+                );
+            }
+        }
         if self.server.request_timeout_ms == 0 {
             return bad(
                 "server.request_timeout_ms".into(),
@@ -509,15 +604,69 @@ where
             if iss.issuer.is_empty() {
                 return bad(format!("{key}.issuer"), "must not be empty", "\"\"".into());
             }
+            if self.auth.issuers[..i]
+                .iter()
+                .any(|o| o.issuer == iss.issuer)
+            {
+                return bad(
+                    format!("{key}.issuer"),
+                    "must be unique",
+                    format!("{:?} twice", iss.issuer),
+                );
+            }
             if iss.audiences.is_empty() {
                 return bad(format!("{key}.audiences"), "must not be empty", "[]".into());
             }
+            if let Some(secret) = &iss.hs256_secret {
+                // HMAC and public-key algorithms for one issuer is the classic key-confusion setup.
+                if let Some(other) = [("jwks_url", &iss.jwks_url), ("pem_file", &iss.pem_file)]
+                    .into_iter()
+                    .find_map(|(name, v)| v.as_ref().map(|_| name))
+                {
+                    return bad(
+                        format!("{key}.hs256_secret"),
+                        "cannot be combined with jwks_url or pem_file (an issuer never mixes HMAC and public-key algorithms)",
+                        format!("{other} as well"),
+                    );
+                }
+                // Never echo the secret itself.
+                if secret.len() < MIN_HS256_SECRET_BYTES {
+                    return bad(
+                        format!("{key}.hs256_secret"),
+                        &format!("must be at least {MIN_HS256_SECRET_BYTES} bytes"),
+                        format!("{} bytes", secret.len()),
+                    );
+                }
+            }
+            if let Some(alg) = &iss.pem_algorithm {
+                if iss.pem_file.is_none() {
+                    return bad(
+                        format!("{key}.pem_algorithm"),
+                        "only applies with pem_file",
+                        format!("{alg:?}"),
+                    );
+                }
+                if !crate::auth::jwt::is_public_key_algorithm(alg) {
+                    return bad(
+                        format!("{key}.pem_algorithm"),
+                        "must be RS256, PS256, ES256 or EdDSA (HS256 takes hs256_secret)",
+                        format!("{alg:?}"),
+                    );
+                }
+            }
             match (&iss.jwks_url, &iss.pem_file) {
-                (Some(_), Some(_)) | (None, None) => {
+                (Some(_), Some(_)) => {
                     return bad(
                         key,
-                        "must set exactly one of jwks_url and pem_file",
-                        "both or neither".into(),
+                        "must set exactly one of jwks_url, pem_file and hs256_secret",
+                        "jwks_url and pem_file".into(),
+                    );
+                }
+                (None, None) if iss.hs256_secret.is_none() => {
+                    return bad(
+                        key,
+                        "must set exactly one of jwks_url, pem_file and hs256_secret",
+                        "none".into(),
                     );
                 }
                 (Some(url), None)
@@ -545,6 +694,13 @@ where
                     "0".into(),
                 );
             }
+        }
+        if self.auth.leeway_secs > MAX_LEEWAY_SECS {
+            return bad(
+                "auth.leeway_secs".into(),
+                &format!("must be <= {MAX_LEEWAY_SECS}"),
+                self.auth.leeway_secs.to_string(),
+            );
         }
         if self.auth.max_token_bytes < 64 {
             return bad(
@@ -592,6 +748,38 @@ where
             }
             if p.burst == Some(0) {
                 return bad(format!("{key}.burst"), "must be > 0", "0".into());
+            }
+            if let Some(q) = &p.quota {
+                if q.limit == 0 {
+                    return bad(format!("{key}.quota.limit"), "must be > 0", "0".into());
+                }
+                if q.window_secs == 0 {
+                    return bad(
+                        format!("{key}.quota.window_secs"),
+                        "must be > 0",
+                        "0".into(),
+                    );
+                }
+            }
+            if let Some(a) = &p.adaptive {
+                if !(a.factor > 0.0 && a.factor <= 1.0) {
+                    return bad(
+                        format!("{key}.adaptive.factor"),
+                        "must be in (0, 1]",
+                        a.factor.to_string(),
+                    );
+                }
+                if let Some(up) = a
+                    .upstreams
+                    .iter()
+                    .find(|u| !self.upstreams.contains_key(*u))
+                {
+                    return bad(
+                        format!("{key}.adaptive.upstreams"),
+                        "must name configured upstreams",
+                        format!("{up:?}"),
+                    );
+                }
             }
             if let (Some(burst), Algorithm::SlidingWindow) = (p.burst, p.algorithm) {
                 return bad(

@@ -89,3 +89,98 @@ fn burst_needs_gcra() {
         "ratelimit.policies.default.burst only applies with algorithm = \"gcra\", got 5"
     );
 }
+
+fn issuer_toml(extra: &str) -> String {
+    format!(
+        "[auth]\n[[auth.issuers]]\nissuer = \"https://dev.test\"\naudiences = [\"bff-mobile\"]\n{extra}"
+    )
+}
+
+#[test]
+fn an_issuer_never_mixes_hmac_and_public_keys() {
+    let err = load_with(
+        &issuer_toml(
+            "jwks_url = \"http://idp/jwks\"\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n",
+        ),
+        &[],
+    )
+    .expect_err("HMAC and JWKS");
+    assert!(
+        err.starts_with(
+            "auth.issuers[0].hs256_secret cannot be combined with jwks_url or pem_file"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("0123456789abcdef"),
+        "the secret is never echoed: {err}"
+    );
+}
+
+#[test]
+fn a_short_hs256_secret_is_refused_without_being_echoed() {
+    let err = load_with(&issuer_toml("hs256_secret = \"short-secret\"\n"), &[])
+        .expect_err("short secret");
+    assert_eq!(
+        err,
+        "auth.issuers[0].hs256_secret must be at least 32 bytes, got 12 bytes"
+    );
+}
+
+#[test]
+fn an_hs256_issuer_alone_is_valid() {
+    let cfg = load_with(
+        &issuer_toml("hs256_secret = \"0123456789abcdef0123456789abcdef\"\n"),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(cfg.auth.issuers.len(), 1);
+    assert!(cfg.auth.issuers[0].jwks_url.is_none());
+}
+
+#[test]
+fn pem_algorithm_must_be_a_public_key_algorithm() {
+    let err = load_with(
+        &issuer_toml("pem_file = \"k.pem\"\npem_algorithm = \"HS256\"\n"),
+        &[],
+    )
+    .expect_err("HS256 PEM");
+    assert_eq!(
+        err,
+        "auth.issuers[0].pem_algorithm must be RS256, PS256, ES256 or EdDSA (HS256 takes hs256_secret), got \"HS256\""
+    );
+}
+
+#[test]
+fn an_issuer_needs_exactly_one_key_source() {
+    let err = load_with(&issuer_toml(""), &[]).expect_err("no keys");
+    assert_eq!(
+        err,
+        "auth.issuers[0] must set exactly one of jwks_url, pem_file and hs256_secret, got none"
+    );
+}
+
+#[test]
+fn issuers_are_unique_and_leeway_is_bounded() {
+    let twice = format!(
+        "{}[[auth.issuers]]\nissuer = \"https://dev.test\"\naudiences = [\"x\"]\njwks_url = \"http://b/jwks\"\n",
+        issuer_toml("jwks_url = \"http://a/jwks\"\n")
+    );
+    let err = load_with(&twice, &[]).expect_err("duplicate issuer");
+    assert_eq!(
+        err,
+        "auth.issuers[1].issuer must be unique, got \"https://dev.test\" twice"
+    );
+    let err = load_with("[auth]\nleeway_secs = 3600\n", &[]).expect_err("huge leeway");
+    assert_eq!(err, "auth.leeway_secs must be <= 300, got 3600");
+}
+
+#[test]
+fn the_verified_token_cache_can_be_sized_or_disabled() {
+    let cfg = load_with("[auth]\nverified_cache_max_entries = 0\n", &[]).expect("valid");
+    assert_eq!(cfg.auth.verified_cache_max_entries, 0);
+    assert_eq!(
+        defaults().auth.verified_cache_max_entries,
+        DEFAULT_VERIFIED_CACHE_MAX_ENTRIES
+    );
+}

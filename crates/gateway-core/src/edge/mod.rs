@@ -1,9 +1,12 @@
 //! Edge hygiene, applied before anything else looks at a request: a sane request id, a W3C trace
 //! context, the client's address, and removal of identity headers only the gateway may set.
 
-use std::net::{IpAddr, SocketAddr};
+pub mod proxies;
 
-use axum::extract::{ConnectInfo, Request};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -31,7 +34,7 @@ const MAX_REQUEST_ID: usize = 128;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
-/// The address of the client: the peer of the connection.
+/// The address of the client: the connection's peer, or what trusted proxies say it is.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
@@ -154,9 +157,16 @@ fn acceptable_request_id(v: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
 }
 
+/// Edge settings.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[proxies::Cidr]>,
+}
+
 /// Middleware: request id, trace context, client address and identity-header removal; echoes the
 /// request id and our `traceparent` on the response.
-pub async fn hygiene(mut req: Request, next: Next) -> Response {
+pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&REQUEST_ID)
@@ -172,6 +182,16 @@ pub async fn hygiene(mut req: Request, next: Next) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let client = proxies::client_ip(
+        peer,
+        forwarded.collect::<Vec<_>>().into_iter(),
+        &edge.trusted_proxies,
+    );
     let headers = req.headers_mut();
     for name in IDENTITY_HEADERS {
         headers.remove(name);
@@ -180,7 +200,7 @@ pub async fn hygiene(mut req: Request, next: Next) -> Response {
     let ext = req.extensions_mut();
     ext.insert(RequestId(id.clone()));
     ext.insert(trace);
-    ext.insert(ClientIp(peer));
+    ext.insert(ClientIp(client));
 
     let mut res = next.run(req).await;
     let headers = res.headers_mut();

@@ -18,6 +18,7 @@ pub fn decide(tat: Option<u64>, now: u64, policy: &Policy) -> (Option<u64>, Deci
             remaining: 0,
             reset_us: base - now,
             retry_after_us: new_tat - tolerance - now,
+            ..Decision::default()
         };
         return (None, decision);
     }
@@ -26,6 +27,7 @@ pub fn decide(tat: Option<u64>, now: u64, policy: &Policy) -> (Option<u64>, Deci
         remaining: (tolerance - (new_tat - now)) / interval,
         reset_us: new_tat - now,
         retry_after_us: 0,
+        ..Decision::default()
     };
     (Some(new_tat), decision)
 }

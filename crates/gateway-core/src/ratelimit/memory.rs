@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::quota::{self, QuotaState};
 use super::window::WindowState;
 use super::{Algorithm, Decision, Policy, gcra, window};
 
@@ -27,9 +29,25 @@ impl Slot {
     }
 }
 
+/// One key's rate state and, for policies with a quota, its quota window.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    rate: Option<Slot>,
+    quota: Option<(QuotaState, u64)>,
+}
+
+impl Entry {
+    fn spent(&self, now_us: u64, wall_ms: u64) -> bool {
+        self.rate.is_none_or(|r| r.spent(now_us))
+            && self
+                .quota
+                .is_none_or(|(q, window_ms)| q.window < wall_ms / window_ms)
+    }
+}
+
 /// Per-key limiter state in process memory.
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<String, Slot>>]>,
+    shards: Box<[Mutex<HashMap<String, Entry>>]>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -53,7 +71,7 @@ impl MemoryStore {
         let current = map.get(key).copied();
         let (next, decision) = match policy.algorithm {
             Algorithm::Gcra => {
-                let tat = match current {
+                let tat = match current.and_then(|e| e.rate) {
                     Some(Slot::Gcra(tat)) => Some(tat),
                     _ => None,
                 };
@@ -61,7 +79,7 @@ impl MemoryStore {
                 (next.map(Slot::Gcra), d)
             }
             Algorithm::SlidingWindow => {
-                let state = match current {
+                let state = match current.and_then(|e| e.rate) {
                     Some(Slot::Window(w, _)) => Some(w),
                     _ => None,
                 };
@@ -69,13 +87,28 @@ impl MemoryStore {
                 (next.map(|w| Slot::Window(w, policy.period_ms())), d)
             }
         };
-        if let Some(slot) = next {
+        // Quota windows follow the wall clock, so a daily quota ends at midnight UTC.
+        let wall_ms = wall_ms();
+        let check = policy.quota.map(|q| {
+            (
+                quota::check(current.and_then(|e| e.quota).map(|(s, _)| s), wall_ms, &q),
+                q.window_ms,
+            )
+        });
+        let decision = decision.with_quota(check.map(|(c, _)| c));
+        if decision.allowed
+            && let Some(slot) = next
+        {
+            let entry = Entry {
+                rate: Some(slot),
+                quota: check.map(|(c, w)| (c.next, w)),
+            };
             match map.get_mut(key) {
-                Some(existing) => *existing = slot,
+                Some(existing) => *existing = entry,
                 None => {
                     if map.len() >= self.per_shard {
                         // Spent entries are full buckets: dropping them loses nothing.
-                        map.retain(|_, s| !s.spent(now));
+                        map.retain(|_, e| !e.spent(now, wall_ms));
                     }
                     if map.len() >= self.per_shard {
                         // Still full of live keys: evict one arbitrary key. That key briefly gets a
@@ -84,7 +117,7 @@ impl MemoryStore {
                             map.remove(&victim);
                         }
                     }
-                    map.insert(key.to_owned(), slot);
+                    map.insert(key.to_owned(), entry);
                 }
             }
         }
@@ -109,6 +142,12 @@ impl MemoryStore {
     }
 }
 
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +161,22 @@ mod tests {
             store.decide(&format!("k{i}"), &p, 0);
         }
         assert!(store.len() <= 1_000 + SHARDS, "{}", store.len());
+    }
+
+    #[test]
+    fn a_quota_caps_requests_the_rate_would_admit() {
+        let store = MemoryStore::new(100);
+        let p = Policy::new("p", Algorithm::Gcra, 1000, Duration::from_secs(1), 1000)
+            .with_quota(3, Duration::from_secs(86_400));
+        let decisions: Vec<Decision> = (0..5).map(|i| store.decide("k", &p, i)).collect();
+        assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 3);
+        assert_eq!(decisions[2].quota_remaining, Some(0));
+        let refused = decisions[3];
+        assert!(
+            !refused.allowed
+                && refused.retry_after_us > 0
+                && refused.retry_after_us <= 86_400_000_000
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod gcra;
 pub mod memory;
+pub mod quota;
 pub mod redis;
 pub mod window;
 
@@ -25,10 +26,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::Principal;
 pub use crate::config::Algorithm;
-use crate::config::{FailureMode, RateLimitConfig};
+use crate::config::{FailureMode, LimitKey, RateLimitConfig};
 use crate::edge::ClientIp;
 use crate::error::GatewayError;
 use crate::store::StoreError;
+use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
+use crate::upstream::breaker::BreakerState;
 use memory::MemoryStore;
 
 /// A resolved policy: `limit` per `period`, `burst` at once.
@@ -46,6 +50,8 @@ pub struct Policy {
     pub burst: u64,
     /// Microseconds between two admissions at the sustained rate.
     pub interval_us: u64,
+    /// A fixed quota per longer window, on top of the rate.
+    pub quota: Option<quota::Quota>,
     policy_header: HeaderValue,
 }
 
@@ -65,8 +71,25 @@ impl Policy {
             period,
             burst: burst.max(1),
             interval_us,
+            quota: None,
             policy_header,
         }
+    }
+
+    /// The same policy with a quota of `limit` per `window` on top.
+    pub fn with_quota(mut self, limit: u64, window: Duration) -> Self {
+        let window_ms = (window.as_millis() as u64).max(1);
+        self.quota = Some(quota::Quota { limit, window_ms });
+        let header = format!(
+            "{}, \"{}-quota\";q={limit};w={}",
+            self.policy_header.to_str().unwrap_or_default(),
+            self.name,
+            window.as_secs().max(1)
+        );
+        if let Ok(v) = HeaderValue::from_str(&header) {
+            self.policy_header = v;
+        }
+        self
     }
 
     /// The period in whole milliseconds (at least 1).
@@ -79,21 +102,25 @@ impl Policy {
         self.interval_us * self.burst
     }
 
-    /// The same policy for one of `n` gateways deciding alone.
+    /// The same policy (quota included) for one of `n` gateways deciding alone.
     fn share(&self, n: u32) -> Self {
         let n = u64::from(n.max(1));
-        Self::new(
+        let share = Self::new(
             &self.name,
             self.algorithm,
             self.limit.div_ceil(n),
             self.period,
             self.burst.div_ceil(n),
-        )
+        );
+        match self.quota {
+            Some(q) => share.with_quota(q.limit.div_ceil(n), Duration::from_millis(q.window_ms)),
+            None => share,
+        }
     }
 }
 
 /// The outcome of one decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Decision {
     /// Whether the request may proceed.
     pub allowed: bool,
@@ -103,6 +130,25 @@ pub struct Decision {
     pub reset_us: u64,
     /// Microseconds until the next request would be admitted (0 when allowed).
     pub retry_after_us: u64,
+    /// Requests left in the quota window, when the policy has a quota.
+    pub quota_remaining: Option<u64>,
+    /// Microseconds until the quota window ends.
+    pub quota_reset_us: u64,
+}
+
+impl Decision {
+    /// Applies a quota check to a rate decision: refused if either refuses.
+    pub fn with_quota(mut self, q: Option<quota::QuotaCheck>) -> Self {
+        if let Some(q) = q {
+            self.quota_remaining = Some(q.remaining);
+            self.quota_reset_us = q.reset_ms.saturating_mul(1000);
+            if self.allowed && !q.allowed {
+                self.allowed = false;
+                self.retry_after_us = self.quota_reset_us;
+            }
+        }
+        self
+    }
 }
 
 /// A store of limiter state shared between gateways.
@@ -113,12 +159,48 @@ pub trait RateLimitStore: Send + Sync + 'static {
 }
 
 /// A policy as the shared store applies it, and this gateway's share of it for deciding alone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Resolved {
     /// The policy as configured.
     pub policy: Policy,
     /// `limit / instances`, for `fail_open_local`.
     pub local_share: Policy,
+    /// What requests are counted per.
+    pub key: LimitKey,
+    adaptive: Option<Arc<Adaptive>>,
+}
+
+/// An adaptive policy's shrunk form, in force while any of `upstreams` has an open circuit.
+struct Adaptive {
+    upstreams: Vec<Arc<Upstream>>,
+    shrunk: Resolved,
+}
+
+impl Resolved {
+    fn new(policy: Policy, instances: u32) -> Self {
+        let local_share = policy.share(instances);
+        Self {
+            policy,
+            local_share,
+            key: LimitKey::Subject,
+            adaptive: None,
+        }
+    }
+
+    /// The policy in force now: the shrunk one while an upstream the routes need has its circuit
+    /// open (or probing), the configured one otherwise.
+    pub fn in_force(&self) -> &Resolved {
+        match &self.adaptive {
+            Some(a)
+                if a.upstreams
+                    .iter()
+                    .any(|u| u.breaker_state() != BreakerState::Closed) =>
+            {
+                &a.shrunk
+            }
+            _ => self,
+        }
+    }
 }
 
 /// One BFF's limiter: policies, the store, and what to do when the store fails.
@@ -136,31 +218,51 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// Builds the limiter; `shared` is the Redis store when one is configured.
+    /// Builds the limiter; `shared` is the Redis store when one is configured, `upstreams` are
+    /// those adaptive policies watch.
     pub fn new(
         bff: &'static str,
         cfg: &RateLimitConfig,
         shared: Option<Arc<dyn RateLimitStore>>,
+        upstreams: &Upstreams,
     ) -> Self {
         let policies = cfg
             .policies
             .iter()
             .map(|(name, p)| {
-                let policy = Policy::new(
-                    name,
-                    p.algorithm,
-                    p.limit,
-                    Duration::from_secs(p.period_secs),
-                    p.burst.unwrap_or(p.limit),
+                let period = Duration::from_secs(p.period_secs);
+                let burst = p.burst.unwrap_or(p.limit);
+                let with_quota = |policy: Policy| match &p.quota {
+                    Some(q) => policy.with_quota(q.limit, Duration::from_secs(q.window_secs)),
+                    None => policy,
+                };
+                let mut resolved = Resolved::new(
+                    with_quota(Policy::new(name, p.algorithm, p.limit, period, burst)),
+                    cfg.instances,
                 );
-                let local_share = policy.share(cfg.instances);
-                (
-                    name.clone(),
-                    Resolved {
-                        policy,
-                        local_share,
-                    },
-                )
+                resolved.key = p.key;
+                if let Some(a) = &p.adaptive {
+                    let scale = |n: u64| ((n as f64 * a.factor).floor() as u64).max(1);
+                    let shrunk = with_quota(Policy::new(
+                        name,
+                        p.algorithm,
+                        scale(p.limit),
+                        period,
+                        scale(burst),
+                    ));
+                    resolved.adaptive = Some(Arc::new(Adaptive {
+                        upstreams: a
+                            .upstreams
+                            .iter()
+                            .filter_map(|u| upstreams.get(u))
+                            .collect(),
+                        shrunk: Resolved {
+                            key: p.key,
+                            ..Resolved::new(shrunk, cfg.instances)
+                        },
+                    }));
+                }
+                (name.clone(), resolved)
             })
             .collect();
         Self {
@@ -196,6 +298,7 @@ impl RateLimiter {
         let Resolved {
             policy,
             local_share,
+            ..
         } = resolved;
         let Some(shared) = &self.shared else {
             let d = self.local.decide(key, policy, self.now_us());
@@ -231,6 +334,7 @@ impl RateLimiter {
                             remaining: policy.burst,
                             reset_us: 0,
                             retry_after_us: 0,
+                            ..Decision::default()
                         })
                     }
                     FailureMode::FailClosed => {
@@ -256,11 +360,17 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map(MatchedPath::as_str);
-    let policy = limiter.resolve(route, principal.and_then(|p| p.tier.as_deref()));
+    let policy = limiter
+        .resolve(route, principal.and_then(|p| p.tier.as_deref()))
+        .in_force();
     // Limits apply per subject; anonymous routes (none today) would fall back to the client address.
-    let subject = match principal {
-        Some(p) => format!("{}:{}:{}", limiter.bff, policy.policy.name, p.subject),
-        None => {
+    // Per subject by default; per client address when the policy says so, or when nobody
+    // authenticated (no such route today).
+    let subject = match (policy.key, principal) {
+        (LimitKey::Subject, Some(p)) => {
+            format!("{}:{}:{}", limiter.bff, policy.policy.name, p.subject)
+        }
+        _ => {
             let ip = req
                 .extensions()
                 .get::<ClientIp>()
@@ -290,6 +400,9 @@ static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining"
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_QUOTA_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-quota-limit");
+static X_QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-quota-remaining");
+static X_QUOTA_RESET: HeaderName = HeaderName::from_static("x-ratelimit-quota-reset");
 
 /// Writes the limit headers of `decision` under `policy`.
 pub fn write_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
@@ -298,10 +411,18 @@ pub fn write_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decisi
     headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining));
     headers.insert(X_RESET.clone(), HeaderValue::from(reset));
     headers.insert(POLICY.clone(), policy.policy_header.clone());
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "\"{}\";r={};t={reset}",
-        policy.name, decision.remaining
-    )) {
+    let mut ratelimit = format!("\"{}\";r={};t={reset}", policy.name, decision.remaining);
+    if let (Some(quota), Some(left)) = (policy.quota, decision.quota_remaining) {
+        let quota_reset = decision.quota_reset_us.div_ceil(1_000_000);
+        headers.insert(X_QUOTA_LIMIT.clone(), HeaderValue::from(quota.limit));
+        headers.insert(X_QUOTA_REMAINING.clone(), HeaderValue::from(left));
+        headers.insert(X_QUOTA_RESET.clone(), HeaderValue::from(quota_reset));
+        ratelimit.push_str(&format!(
+            ", \"{}-quota\";r={left};t={quota_reset}",
+            policy.name
+        ));
+    }
+    if let Ok(v) = HeaderValue::from_str(&ratelimit) {
         headers.insert(RATELIMIT.clone(), v);
     }
 }
@@ -318,6 +439,10 @@ mod tests {
         async fn decide(&self, _: &str, _: &Policy) -> Result<Decision, StoreError> {
             Err(StoreError::Timeout)
         }
+    }
+
+    fn no_upstreams() -> Upstreams {
+        Upstreams::new(&Default::default()).expect("upstreams")
     }
 
     fn cfg(mode: FailureMode, instances: u32) -> RateLimitConfig {
@@ -342,6 +467,7 @@ mod tests {
             "t",
             &cfg(FailureMode::FailOpenLocal, 1),
             None,
+            &no_upstreams(),
         ));
         let tasks: Vec<_> = (0..15)
             .map(|_| {
@@ -368,6 +494,7 @@ mod tests {
             "t",
             &cfg(FailureMode::FailOpenLocal, 2),
             Some(Arc::new(Down)),
+            &no_upstreams(),
         );
         let p = limiter.resolve(None, None).clone();
         let mut admitted = 0;
@@ -385,12 +512,54 @@ mod tests {
 
     #[tokio::test]
     async fn fail_closed_refuses_with_503() {
-        let limiter = RateLimiter::new("t", &cfg(FailureMode::FailClosed, 1), Some(Arc::new(Down)));
+        let limiter = RateLimiter::new(
+            "t",
+            &cfg(FailureMode::FailClosed, 1),
+            Some(Arc::new(Down)),
+            &no_upstreams(),
+        );
         let p = limiter.resolve(None, None).clone();
         assert!(matches!(
             limiter.decide("u", &p).await,
             Err(GatewayError::LimiterUnavailable)
         ));
+    }
+
+    #[tokio::test]
+    async fn an_adaptive_policy_shrinks_while_its_upstream_circuit_is_open() {
+        let mut ads = crate::config::UpstreamConfig::at("http://127.0.0.1:9");
+        ads.breaker_failures = 1;
+        let upstreams = Upstreams::new(&[("ads".to_owned(), ads)].into()).expect("upstreams");
+        let mut cfg = cfg(FailureMode::FailOpenLocal, 1);
+        cfg.policies.insert(
+            "default".into(),
+            PolicyConfig {
+                adaptive: Some(crate::config::AdaptiveConfig {
+                    upstreams: vec!["ads".into()],
+                    factor: 0.5,
+                }),
+                ..PolicyConfig::per_minute(10)
+            },
+        );
+        let limiter = RateLimiter::new("t", &cfg, None, &upstreams);
+        assert_eq!(limiter.resolve(None, None).in_force().policy.limit, 10);
+        let up = upstreams.get("ads").expect("ads");
+        let _ = up
+            .call(async { Err::<(), _>(crate::upstream::UpstreamError::Timeout) })
+            .await;
+        let in_force = limiter.resolve(None, None).in_force();
+        assert_eq!(in_force.policy.limit, 5);
+        let mut admitted = 0;
+        for _ in 0..10 {
+            admitted += usize::from(
+                limiter
+                    .decide("u", in_force)
+                    .await
+                    .map(|d| d.allowed)
+                    .unwrap_or(false),
+            );
+        }
+        assert_eq!(admitted, 5);
     }
 
     #[test]
@@ -411,6 +580,7 @@ mod tests {
                 remaining: 42,
                 reset_us: 1_500_000,
                 retry_after_us: 0,
+                ..Decision::default()
             },
         );
         assert_eq!(h["x-ratelimit-limit"], "100");

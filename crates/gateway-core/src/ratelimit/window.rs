@@ -60,6 +60,7 @@ pub fn decide(
             remaining: 0,
             reset_us: ms(reset(prev, cur, period, elapsed)),
             retry_after_us: ms(wait),
+            ..Decision::default()
         };
         return (None, decision);
     }
@@ -70,6 +71,7 @@ pub fn decide(
         remaining: limit.saturating_sub(used),
         reset_us: ms(reset(prev, cur, period, elapsed)),
         retry_after_us: 0,
+        ..Decision::default()
     };
     (Some(WindowState { window, prev, cur }), decision)
 }

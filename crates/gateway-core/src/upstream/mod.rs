@@ -13,10 +13,13 @@ use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+pub mod breaker;
+
 use crate::auth::{Principal, PrincipalKind};
 use crate::config::{ConfigError, UpstreamConfig};
 use crate::edge::{RequestId, TraceContext};
 use crate::error::GatewayError;
+use breaker::{Breaker, BreakerSettings, BreakerState};
 
 /// Bound on a REST upstream's response body.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
@@ -38,6 +41,9 @@ pub enum UpstreamError {
     /// Connection failure, 5xx, or an answer we could not decode.
     #[error("failed: {0}")]
     Failed(String),
+    /// Not called: the upstream's circuit breaker is open.
+    #[error("circuit open")]
+    CircuitOpen,
 }
 
 impl From<tonic::Status> for UpstreamError {
@@ -65,9 +71,36 @@ pub struct Upstream {
     pub timeout: Duration,
     http: reqwest::Client,
     channel: OnceLock<Channel>,
+    breaker: Breaker,
 }
 
 impl Upstream {
+    /// Runs one call to this upstream through its circuit breaker: refused at once while the
+    /// circuit is open; its outcome feeds the breaker.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let permit = self.breaker.try_acquire()?;
+        let result = call.await;
+        let before = self.breaker.state();
+        permit.record(&result);
+        let after = self.breaker.state();
+        if before != after {
+            let open = f64::from(u8::from(after != BreakerState::Closed));
+            metrics::gauge!("bff_upstream_circuit_open", "upstream" => self.name.clone()).set(open);
+            tracing::warn!(upstream = %self.name, state = ?after, "circuit breaker changed state");
+        }
+        metrics::counter!("bff_upstream_calls_total", "upstream" => self.name.clone(), "outcome" => outcome(&result))
+            .increment(1);
+        result
+    }
+
+    /// The breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
     /// The gRPC channel, created on first use and shared after: HTTP/2, multiplexed, reconnecting.
     pub fn channel(&self) -> Channel {
         self.channel
@@ -85,8 +118,16 @@ impl Upstream {
             .clone()
     }
 
-    /// `GET {base}{path_and_query}` and decode a JSON answer.
+    /// `GET {base}{path_and_query}` and decode a JSON answer, through the breaker.
     pub async fn get_json(
+        &self,
+        ctx: &CallContext,
+        path_and_query: &str,
+    ) -> Result<Value, UpstreamError> {
+        self.call(self.fetch_json(ctx, path_and_query)).await
+    }
+
+    async fn fetch_json(
         &self,
         ctx: &CallContext,
         path_and_query: &str,
@@ -157,6 +198,10 @@ impl Upstreams {
                     timeout: Duration::from_millis(c.timeout_ms),
                     http: http.clone(),
                     channel: OnceLock::new(),
+                    breaker: Breaker::new(BreakerSettings {
+                        failure_threshold: c.breaker_failures,
+                        open_for: Duration::from_millis(c.breaker_open_ms),
+                    }),
                 };
                 (name.clone(), Arc::new(up))
             })
@@ -289,6 +334,17 @@ impl CallContext {
             }
         }
         req
+    }
+}
+
+fn outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(UpstreamError::Timeout) => "timeout",
+        Err(UpstreamError::NotFound) => "not_found",
+        Err(UpstreamError::Rejected(_)) => "rejected",
+        Err(UpstreamError::Failed(_)) => "error",
+        Err(UpstreamError::CircuitOpen) => "circuit_open",
     }
 }
 
