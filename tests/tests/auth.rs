@@ -71,7 +71,10 @@ async fn refused_partner_credentials_create_no_limiter_state() {
     keys.sort();
     assert_eq!(
         keys,
-        ["bff:rl:{bff-partner:standard:acme}", "bff:rlq:{bff-partner:standard:acme}"],
+        [
+            "bff:rl:{bff-partner:standard:acme}",
+            "bff:rlq:{bff-partner:standard:acme}"
+        ],
         "the limiter state of the known partner"
     );
 }

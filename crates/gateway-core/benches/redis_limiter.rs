@@ -56,7 +56,7 @@ fn main() {
             "redis-benchmark EVALSHA, same script ({CONNECTIONS} clients): {b:>10.0} calls/s\nratio: {:.2}",
             ours / b
         ),
-        None => println!("redis-benchmark is not installed: no baseline"),
+        None => println!("redis-benchmark did not run: no baseline"),
     }
 }
 
@@ -116,13 +116,17 @@ fn redis_benchmark(port: u16) -> Option<f64> {
             "50",
             "-q",
         ])
+        // The gateway's own arguments: two keys (rate, quota), interval, tolerance, no quota.
         .args([
             "EVALSHA",
             &sha,
-            "1",
+            "2",
             "bff:rl:{user-__rand_int__}",
+            "bff:rlq:{user-__rand_int__}",
             "1",
             "1000000",
+            "0",
+            "1",
         ])
         .output()
         .ok()?;

@@ -137,7 +137,10 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             Arc::new(RedisStore::new(r, bound)) as Arc<dyn RateLimitStore>
         });
         let cache_store: Arc<dyn CacheStore> = match &redis {
-            Some(r) => Arc::new(RedisCache::new(r.clone())),
+            Some(r) => Arc::new(RedisCache::new(
+                r.clone(),
+                Duration::from_millis(cfg.cache.timeout_ms),
+            )),
             None => Arc::new(MemoryCache::new(cfg.cache.max_entries)),
         };
         let upstreams = Upstreams::new(&cfg.upstreams)?;

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use std::sync::{Arc, RwLock};
+
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::{Config as PoolSettings, Pool, PoolConfig, Runtime, Timeouts};
 
 use crate::config::{ConfigError, RedisConfig};
@@ -39,11 +42,18 @@ impl From<deadpool_redis::PoolError> for StoreError {
     }
 }
 
-/// A pooled Redis client with this deployment's key prefix.
+/// A Redis client with this deployment's key prefix.
+///
+/// deadpool-redis makes, bounds and health-checks connections; but it checks one (UNWATCH + PING,
+/// a full round trip) every time a connection is taken from the pool, and holds it exclusively
+/// until returned. Both waste what a multiplexed connection offers, so the gateway takes one
+/// connection from the pool and shares clones of it between all concurrent operations (they are
+/// pipelined on one socket), going back to the pool only after a failure.
 #[derive(Clone)]
 pub struct Redis {
     pool: Pool,
     prefix: String,
+    shared: Arc<RwLock<Option<MultiplexedConnection>>>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -81,6 +91,7 @@ impl Redis {
         Ok(Some(Self {
             pool,
             prefix: cfg.key_prefix.clone(),
+            shared: Arc::new(RwLock::new(None)),
         }))
     }
 
@@ -89,9 +100,42 @@ impl Redis {
         format!("{}:{kind}:{{{id}}}", self.prefix)
     }
 
-    /// A pooled connection, bounded by the pool's wait and create timeouts.
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        Ok(self.pool.get().await?)
+    /// Runs `op` on the shared connection within `bound`. A failure to reach Redis (or a timeout)
+    /// drops the shared connection, so the next operation takes a fresh, checked one from the pool.
+    pub async fn run<T, F, Fut>(&self, bound: Duration, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let result = bounded(bound, async { op(self.conn().await?).await }).await;
+        if matches!(
+            result,
+            Err(StoreError::Unreachable(_) | StoreError::Timeout)
+        ) {
+            *self
+                .shared
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
+        result
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        let cached = self
+            .shared
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let pooled = self.pool.get().await?;
+        let conn = MultiplexedConnection::clone(&pooled);
+        *self
+            .shared
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
     }
 }
 

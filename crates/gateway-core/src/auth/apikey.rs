@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::store::{Redis, StoreError, bounded, redis::AsyncCommands};
+use crate::store::{Redis, StoreError, redis::AsyncCommands};
 
 /// Prefix of every key we mint, so leaked keys are easy to recognise in logs and secret scanners.
 pub const KEY_PREFIX: &str = "bffk_";
@@ -145,10 +145,13 @@ impl RedisApiKeyStore {
 impl ApiKeyStore for RedisApiKeyStore {
     async fn lookup(&self, hash: &KeyHash) -> Result<Option<ApiKeyRecord>, StoreError> {
         let key = self.redis.key("apikey", &hash.to_hex());
-        let raw: Option<String> = bounded(self.bound, async {
-            Ok(self.redis.conn().await?.get(key).await?)
-        })
-        .await?;
+        let raw: Option<String> = self
+            .redis
+            .run(
+                self.bound,
+                |mut conn| async move { Ok(conn.get(key).await?) },
+            )
+            .await?;
         raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Protocol(e.to_string())))
             .transpose()
     }
@@ -157,11 +160,12 @@ impl ApiKeyStore for RedisApiKeyStore {
         let key = self.redis.key("apikey", &hash.to_hex());
         let value =
             serde_json::to_string(&record).map_err(|e| StoreError::Protocol(e.to_string()))?;
-        bounded(self.bound, async {
-            let () = self.redis.conn().await?.set(key, value).await?;
-            Ok(())
-        })
-        .await
+        self.redis
+            .run(self.bound, |mut conn| async move {
+                let () = conn.set(key, value).await?;
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -103,23 +103,26 @@ impl CacheStore for MemoryCache {
 /// Responses in Redis under `{prefix}:cache:{<key>}`: 8 bytes of fresh-until, then the body.
 pub struct RedisCache {
     redis: Redis,
+    bound: Duration,
 }
 
 impl RedisCache {
     /// A cache on `redis`.
-    pub fn new(redis: Redis) -> Self {
-        Self { redis }
+    pub fn new(redis: Redis, bound: Duration) -> Self {
+        Self { redis, bound }
     }
 }
 
 #[async_trait]
 impl CacheStore for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let key = self.redis.key("cache", key);
         let raw: Option<Vec<u8>> = self
             .redis
-            .conn()
-            .await?
-            .get(self.redis.key("cache", key))
+            .run(
+                self.bound,
+                |mut conn| async move { Ok(conn.get(key).await?) },
+            )
             .await?;
         Ok(raw.and_then(|raw| {
             let mut buf = raw.as_slice();
@@ -141,11 +144,12 @@ impl CacheStore for RedisCache {
         let ms = u64::try_from(entry.keep_for.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let () = self
-            .redis
-            .conn()
-            .await?
-            .pset_ex(self.redis.key("cache", key), value.to_vec(), ms)
+        let key = self.redis.key("cache", key);
+        self.redis
+            .run(self.bound, |mut conn| async move {
+                let () = conn.pset_ex(key, value.to_vec(), ms).await?;
+                Ok(())
+            })
             .await?;
         Ok(())
     }

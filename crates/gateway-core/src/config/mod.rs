@@ -48,7 +48,7 @@ pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// Default time an open circuit stays open, in milliseconds.
 pub const DEFAULT_BREAKER_OPEN_MS: u64 = 10_000;
 /// Default Redis connection pool size.
-pub const DEFAULT_REDIS_POOL_SIZE: usize = 32;
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 4;
 /// Default bound on waiting for, creating or recycling a Redis connection, in milliseconds.
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 200;
 
@@ -314,7 +314,8 @@ pub struct RedisConfig {
     pub url: Option<String>,
     /// Prefix of every key this gateway writes, so several deployments can share one Redis.
     pub key_prefix: String,
-    /// Connections in the pool.
+    /// Connections the pool may hold. Operations share one multiplexed connection and go back to
+    /// the pool only after a failure.
     pub pool_size: usize,
     /// Bound on waiting for, creating or recycling a connection, in milliseconds.
     pub timeout_ms: u64,

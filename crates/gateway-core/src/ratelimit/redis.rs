@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Algorithm, Decision, Policy, RateLimitStore};
-use crate::store::{Redis, StoreError, bounded};
+use crate::store::{Redis, StoreError};
 use ::redis::Script;
 
 /// The quota part every script shares (mirrors `quota::check`): KEYS[2] holds the window index
@@ -129,31 +129,26 @@ impl RateLimitStore for RedisStore {
     async fn decide(&self, key: &str, policy: &Policy) -> Result<Decision, StoreError> {
         let (rate_key, quota_key) = (self.redis.key("rl", key), self.redis.key("rlq", key));
         let (quota_limit, quota_window) = policy.quota.map_or((0, 1), |q| (q.limit, q.window_ms));
-        let (allowed, remaining, reset_us, retry_after_us, quota_remaining, quota_reset_us): (
-            u8,
-            u64,
-            u64,
-            u64,
-            i64,
-            u64,
-        ) = bounded(self.bound, async {
-            let mut conn = self.redis.conn().await?;
-            let mut call = match policy.algorithm {
-                Algorithm::Gcra => {
-                    let mut c = GCRA.key(rate_key);
-                    c.arg(policy.interval_us).arg(policy.tolerance_us());
-                    c
-                }
-                Algorithm::SlidingWindow => {
-                    let mut c = WINDOW.key(rate_key);
-                    c.arg(policy.period_ms()).arg(policy.limit);
-                    c
-                }
-            };
-            call.key(quota_key).arg(quota_limit).arg(quota_window);
-            Ok(call.invoke_async(&mut conn).await?)
-        })
-        .await?;
+        let mut call = match policy.algorithm {
+            Algorithm::Gcra => {
+                let mut c = GCRA.key(rate_key);
+                c.arg(policy.interval_us).arg(policy.tolerance_us());
+                c
+            }
+            Algorithm::SlidingWindow => {
+                let mut c = WINDOW.key(rate_key);
+                c.arg(policy.period_ms()).arg(policy.limit);
+                c
+            }
+        };
+        call.key(quota_key).arg(quota_limit).arg(quota_window);
+        type Reply = (u8, u64, u64, u64, i64, u64);
+        let (allowed, remaining, reset_us, retry_after_us, quota_remaining, quota_reset_us): Reply =
+            self.redis
+                .run(self.bound, |mut conn| async move {
+                    Ok(call.invoke_async(&mut conn).await?)
+                })
+                .await?;
         Ok(Decision {
             allowed: allowed == 1,
             remaining,
