@@ -287,6 +287,19 @@ async fn identity_and_trace_reach_backends_and_forged_identity_does_not() {
         !seen.contains("00f067aa0ba902b7"),
         "each hop gets its own span id"
     );
+    let identity: Value = stack
+        .http
+        .get(format!("{}/admin/last-identity", stack.rest))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        identity["user"], "user-0042",
+        "backends hear the token's subject, not the forged header"
+    );
 }
 
 #[tokio::test]

@@ -94,6 +94,7 @@ pub(crate) struct Control {
     hits: [AtomicU64; Service::ALL.len()],
     subscription_creates: AtomicU64,
     last_traceparent: Mutex<[Option<String>; Service::ALL.len()]>,
+    last_user_id: Mutex<[Option<String>; Service::ALL.len()]>,
 }
 
 /// Nothing panics while these locks are held, but a poisoned table is still
@@ -119,6 +120,9 @@ impl Control {
         );
         if let Some(traceparent) = call.traceparent {
             lock(&self.last_traceparent)[service as usize] = Some(traceparent.to_owned());
+        }
+        if let Some(user_id) = call.user_id {
+            lock(&self.last_user_id)[service as usize] = Some(user_id.to_owned());
         }
         let fault = lock(&self.faults)[service as usize];
         if fault.latency_ms > 0 {
@@ -169,13 +173,24 @@ impl Control {
 
     /// The last `traceparent` each service received, if any.
     pub(crate) fn last_traceparents(&self) -> BTreeMap<&'static str, Option<String>> {
-        let last = lock(&self.last_traceparent).clone();
-        Service::ALL
-            .into_iter()
-            .zip(last)
-            .map(|(s, traceparent)| (s.name(), traceparent))
-            .collect()
+        snapshot(&self.last_traceparent)
     }
+
+    /// The last `x-user-id` each service received, if any: what the gateway said about the caller.
+    pub(crate) fn last_user_ids(&self) -> BTreeMap<&'static str, Option<String>> {
+        snapshot(&self.last_user_id)
+    }
+}
+
+fn snapshot(
+    last: &Mutex<[Option<String>; Service::ALL.len()]>,
+) -> BTreeMap<&'static str, Option<String>> {
+    let last = lock(last).clone();
+    Service::ALL
+        .into_iter()
+        .zip(last)
+        .map(|(s, value)| (s.name(), value))
+        .collect()
 }
 
 #[cfg(test)]
@@ -212,6 +227,7 @@ mod tests {
         let last = control.last_traceparents();
         assert_eq!(last["ads"].as_deref(), Some("00-abc-def-01"));
         assert_eq!(last["user"], None);
+        assert_eq!(control.last_user_ids()["ads"].as_deref(), Some("user-0001"));
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/admin/reset", post(reset))
         .route("/admin/hits", get(hits))
         .route("/admin/last-traceparent", get(last_traceparent))
+        .route("/admin/last-identity", get(last_identity))
         .fallback(|| async { ApiError::not_found("no such route") })
         .with_state(state)
 }
@@ -326,4 +327,8 @@ async fn hits(State(state): State<AppState>) -> Json<Value> {
 
 async fn last_traceparent(State(state): State<AppState>) -> Json<Value> {
     Json(json!(state.control.last_traceparents()))
+}
+
+async fn last_identity(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state.control.last_user_ids()))
 }
