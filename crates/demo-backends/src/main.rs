@@ -32,43 +32,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    // Installed before anything listens, so an early SIGTERM drains instead of killing.
+    let shutdown = gateway_core::server::shutdown_signal();
     let grpc = TcpListener::bind(&args.grpc_listen)
         .await
         .with_context(|| format!("binding gRPC listener {}", args.grpc_listen))?;
     let rest = TcpListener::bind(&args.rest_listen)
         .await
         .with_context(|| format!("binding REST listener {}", args.rest_listen))?;
-    DemoBackends::new()
-        .serve(grpc, rest, shutdown_signal())
-        .await
-}
-
-/// Resolves on Ctrl-C or, on Unix, SIGTERM (what container runtimes send).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
+    DemoBackends::new().serve(grpc, rest, shutdown).await
 }

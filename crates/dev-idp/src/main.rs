@@ -46,12 +46,13 @@ async fn main() -> anyhow::Result<()> {
         .issuer
         .unwrap_or_else(|| format!("http://{}", args.listen));
     let idp = dev_idp::IdentityProvider::new(issuer, keys)?;
+    let shutdown = gateway_core::server::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(addr = %args.listen, issuer = idp.issuer(), "dev identity provider listening");
     axum::serve(listener, idp.router())
-        .with_graceful_shutdown(gateway_core::server::shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
 }

@@ -137,13 +137,10 @@ where
             return ExitCode::FAILURE;
         }
     };
+    let shutdown = shutdown_signal();
     tracing::info!(bff = bff.name, %addr, "listening");
     let app = (bff.app)(gw.clone());
-    match serve(app, listener, grace, shutdown_signal(), move || {
-        gw.set_draining()
-    })
-    .await
-    {
+    match serve(app, listener, grace, shutdown, move || gw.set_draining()).await {
         Ok(()) => {
             tracing::info!(bff = bff.name, "stopped");
             ExitCode::SUCCESS

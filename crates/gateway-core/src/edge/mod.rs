@@ -187,11 +187,7 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok());
-    let client = proxies::client_ip(
-        peer,
-        forwarded.collect::<Vec<_>>().into_iter(),
-        &edge.trusted_proxies,
-    );
+    let client = proxies::client_ip(peer, forwarded, &edge.trusted_proxies);
     let headers = req.headers_mut();
     for name in IDENTITY_HEADERS {
         headers.remove(name);
