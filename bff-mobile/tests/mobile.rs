@@ -399,3 +399,19 @@ async fn per_address_limits_believe_forwarded_for_only_from_trusted_proxies() {
         );
     }
 }
+
+#[tokio::test]
+async fn concurrent_misses_for_one_profile_reach_the_backend_once() {
+    let (stack, bff, token) = setup().await;
+    // Slow enough that all 50 arrive while the first is still computing.
+    stack.fault("user", 200, 0.0).await;
+    let before = stack.hits().await["user"].as_u64().expect("user hits");
+    let url = format!("{}{PROFILE}", bff.url);
+    let (ok, limited, other) = bff_tests::burst(&[url], &token, 50).await;
+    assert_eq!((ok, limited, other), (50, 0, 0));
+    let calls = stack.hits().await["user"].as_u64().expect("user hits") - before;
+    assert_eq!(
+        calls, 1,
+        "50 concurrent identical requests on a cold cache share one call"
+    );
+}

@@ -23,7 +23,7 @@ use crate::auth::apikey::{
 };
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{self, Authenticator};
-use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache};
+use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache, coalesce};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
@@ -60,6 +60,8 @@ pub struct Shared<C> {
     pub upstreams: Upstreams,
     /// Shared Redis, when configured.
     pub redis: Option<Redis>,
+    /// Cached routes' computations in flight, for coalescing concurrent misses.
+    inflight: coalesce::Coalescer<Result<ApiResponse, GatewayError>>,
     /// Edge settings.
     pub edge: edge::Edge,
     ready: AtomicBool,
@@ -166,6 +168,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             upstreams,
             redis,
             edge,
+            inflight: coalesce::Coalescer::default(),
             config: cfg,
             ready: AtomicBool::new(true),
         };
@@ -238,8 +241,9 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     }
 
     /// Serves a cached JSON route: a fresh entry answers at once (`HIT`); otherwise `compute` runs
-    /// and a complete answer is stored (`MISS`); if computing fails with a server-side error and a
-    /// stale entry exists within `stale_for`, that is served (`STALE`). Partial answers are never stored.
+    /// (once for all concurrent misses of the key) and a complete answer is stored (`MISS`); if
+    /// computing fails with a server-side error and a stale entry exists within `stale_for`, that
+    /// is served (`STALE`). Partial answers are never stored.
     pub async fn cached<F, Fut>(
         &self,
         route: &str,
@@ -263,6 +267,37 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             Lookup::Stale(body) => Some(body),
             Lookup::Miss => None,
         };
+        // Concurrent misses for one key share one computation: the leader computes, the others
+        // take its answer. If the leader's client hangs up, the others compute for themselves.
+        let leader = match self.inflight.join(key) {
+            coalesce::Role::Leader(leader) => Some(leader),
+            coalesce::Role::Follower(follower) => match follower.wait().await {
+                Some(result) => return result,
+                None => None,
+            },
+        };
+        let result = self
+            .compute_and_store(route, key, ttl, stale_for, stale, compute)
+            .await;
+        if let Some(leader) = leader {
+            leader.finish(result.clone());
+        }
+        result
+    }
+
+    async fn compute_and_store<F, Fut>(
+        &self,
+        route: &str,
+        key: &str,
+        ttl: Duration,
+        stale_for: Duration,
+        stale: Option<bytes::Bytes>,
+        compute: F,
+    ) -> Result<ApiResponse, GatewayError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Shaped, GatewayError>>,
+    {
         match compute().await {
             Ok(shaped) => {
                 let res = ApiResponse::from_shaped(&shaped, Some(CacheStatus::Miss));

@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use moka::Expiry;
 
+pub mod coalesce;
+
 use crate::config::CacheConfig;
 use crate::store::{Redis, StoreError, bounded, redis::AsyncCommands};
 
