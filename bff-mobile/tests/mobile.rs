@@ -346,13 +346,15 @@ async fn a_failing_optional_upstream_is_cut_off_by_its_breaker() {
         );
     }
     let calls = stack.hits().await["ads"].as_u64().expect("ads hits") - before;
+    // Each feed tries ads up to three times (two retries): the first feed fails three times, the
+    // second twice more and then meets the open circuit; later feeds never reach ads.
     assert_eq!(
         calls, 5,
         "the breaker opens after five consecutive failures"
     );
-    assert!(outcomes[..5].iter().all(|o| o == "error"), "{outcomes:?}");
+    assert_eq!(outcomes[0], "error", "{outcomes:?}");
     assert!(
-        outcomes[5..].iter().all(|o| o == "circuit_open"),
+        outcomes[1..].iter().all(|o| o == "circuit_open"),
         "{outcomes:?}"
     );
 }
@@ -414,4 +416,16 @@ async fn concurrent_misses_for_one_profile_reach_the_backend_once() {
         calls, 1,
         "50 concurrent identical requests on a cold cache share one call"
     );
+}
+
+#[tokio::test]
+async fn a_failed_read_is_retried_twice_then_left_out() {
+    let (stack, bff, token) = setup().await;
+    stack.fault("preferences", 0, 1.0).await;
+    let before = stack.hits().await["preferences"].as_u64().expect("hits");
+    let res = get(&bff, PROFILE, &token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "x-degraded"), "preferences");
+    let calls = stack.hits().await["preferences"].as_u64().expect("hits") - before;
+    assert_eq!(calls, 3, "one call and two retries");
 }

@@ -59,13 +59,12 @@ pub async fn user(
     ctx: CallContext,
     user_id: String,
 ) -> Result<Value, UpstreamError> {
-    let mut client = UserServiceClient::new(up.channel());
+    let client = UserServiceClient::new(up.channel());
+    let req = GetUserRequest { user_id };
     let u = up
-        .call(async {
-            Ok(client
-                .get_user(ctx.grpc(GetUserRequest { user_id }, up.timeout))
-                .await?
-                .into_inner())
+        .call_idempotent(|| {
+            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+            async move { Ok(client.get_user(req).await?.into_inner()) }
         })
         .await?;
     Ok(json!({
@@ -85,13 +84,12 @@ pub async fn preferences(
     ctx: CallContext,
     user_id: String,
 ) -> Result<Value, UpstreamError> {
-    let mut client = PreferencesServiceClient::new(up.channel());
+    let client = PreferencesServiceClient::new(up.channel());
+    let req = GetPreferencesRequest { user_id };
     let p = up
-        .call(async {
-            Ok(client
-                .get_preferences(ctx.grpc(GetPreferencesRequest { user_id }, up.timeout))
-                .await?
-                .into_inner())
+        .call_idempotent(|| {
+            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+            async move { Ok(client.get_preferences(req).await?.into_inner()) }
         })
         .await?;
     Ok(json!({
@@ -157,13 +155,11 @@ async fn get_subscription(
     ctx: CallContext,
     req: GetSubscriptionRequest,
 ) -> Result<Value, UpstreamError> {
-    let mut client = SubscriptionServiceClient::new(up.channel());
+    let client = SubscriptionServiceClient::new(up.channel());
     let s = up
-        .call(async {
-            Ok(client
-                .get_subscription(ctx.grpc(req, up.timeout))
-                .await?
-                .into_inner())
+        .call_idempotent(|| {
+            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+            async move { Ok(client.get_subscription(req).await?.into_inner()) }
         })
         .await?;
     Ok(subscription_json(&s))
@@ -177,7 +173,7 @@ pub async fn list_subscriptions(
     page_size: u32,
     page_token: String,
 ) -> Result<Value, UpstreamError> {
-    let mut client = SubscriptionServiceClient::new(up.channel());
+    let client = SubscriptionServiceClient::new(up.channel());
     let req = ListSubscriptionsRequest {
         partner_id,
         user_id: String::new(),
@@ -185,11 +181,9 @@ pub async fn list_subscriptions(
         page_token,
     };
     let res = up
-        .call(async {
-            Ok(client
-                .list_subscriptions(ctx.grpc(req, up.timeout))
-                .await?
-                .into_inner())
+        .call_idempotent(|| {
+            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+            async move { Ok(client.list_subscriptions(req).await?.into_inner()) }
         })
         .await?;
     Ok(json!({

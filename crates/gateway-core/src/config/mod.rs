@@ -508,6 +508,25 @@ pub struct UpstreamConfig {
     /// How long an open circuit refuses calls before one probe may go through, in milliseconds.
     #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
+    /// Retries of a failed idempotent call (never of writes, never after a timeout).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Retries allowed on top of calls, as a percentage of calls over the last 10 s.
+    #[serde(default = "default_retry_budget_percent")]
+    pub retry_budget_percent: u32,
+    /// Retries allowed per second whatever the call volume.
+    #[serde(default = "default_retry_min_per_sec")]
+    pub retry_min_per_sec: u32,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_budget_percent() -> u32 {
+    20
+}
+fn default_retry_min_per_sec() -> u32 {
+    10
 }
 
 fn default_upstream_timeout() -> u64 {
@@ -528,6 +547,9 @@ impl UpstreamConfig {
             timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
             breaker_failures: DEFAULT_BREAKER_FAILURES,
             breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
+            retries: default_retries(),
+            retry_budget_percent: default_retry_budget_percent(),
+            retry_min_per_sec: default_retry_min_per_sec(),
         }
     }
 }
@@ -826,6 +848,20 @@ where
                     format!("upstreams.{name}.url"),
                     "must be an http(s) URL",
                     format!("{:?}", up.url),
+                );
+            }
+            if up.retry_min_per_sec > 1_000_000 {
+                return bad(
+                    format!("upstreams.{name}.retry_min_per_sec"),
+                    "must be at most 1000000",
+                    up.retry_min_per_sec.to_string(),
+                );
+            }
+            if up.retry_budget_percent > 1000 {
+                return bad(
+                    format!("upstreams.{name}.retry_budget_percent"),
+                    "must be at most 1000",
+                    up.retry_budget_percent.to_string(),
                 );
             }
             if up.timeout_ms == 0 {

@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
+use tower::retry::budget::{Budget as _, TpsBudget};
 
 pub mod breaker;
 
@@ -23,6 +24,8 @@ use breaker::{Breaker, BreakerSettings, BreakerState};
 
 /// Bound on a REST upstream's response body.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
+/// Ceiling of the first retry's jittered backoff; it doubles with each retry.
+const RETRY_BASE: Duration = Duration::from_millis(10);
 /// Header carrying the remaining request budget to REST backends, in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-request-deadline-ms";
 
@@ -72,6 +75,8 @@ pub struct Upstream {
     http: reqwest::Client,
     channel: OnceLock<Channel>,
     breaker: Breaker,
+    retries: u32,
+    retry_budget: TpsBudget,
 }
 
 impl Upstream {
@@ -96,6 +101,35 @@ impl Upstream {
         result
     }
 
+    /// Runs an idempotent call, made afresh by `make` for each attempt: a failure (connection
+    /// error, 5xx, UNAVAILABLE) is retried up to `retries` times with jittered exponential
+    /// backoff, as long as the upstream's retry budget allows, so retries can never multiply the
+    /// load of an upstream that is already failing. Timeouts are not retried: the part's deadline
+    /// is spent. Not for writes.
+    pub async fn call_idempotent<T, F, Fut>(&self, mut make: F) -> Result<T, UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        self.retry_budget.deposit();
+        let mut attempt = 0u32;
+        loop {
+            let result = self.call(make()).await;
+            if !matches!(result, Err(UpstreamError::Failed(_)))
+                || attempt >= self.retries
+                || !self.retry_budget.withdraw()
+            {
+                return result;
+            }
+            attempt += 1;
+            metrics::counter!("bff_upstream_retries_total", "upstream" => self.name.clone())
+                .increment(1);
+            // Full jitter over an exponential ceiling: 10 ms, 20 ms, 40 ms, ...
+            let ceiling = RETRY_BASE.saturating_mul(1 << attempt.min(6));
+            tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
+        }
+    }
+
     /// The breaker's state.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
@@ -118,13 +152,15 @@ impl Upstream {
             .clone()
     }
 
-    /// `GET {base}{path_and_query}` and decode a JSON answer, through the breaker.
+    /// `GET {base}{path_and_query}` and decode a JSON answer, through the breaker, retried as an
+    /// idempotent call.
     pub async fn get_json(
         &self,
         ctx: &CallContext,
         path_and_query: &str,
     ) -> Result<Value, UpstreamError> {
-        self.call(self.fetch_json(ctx, path_and_query)).await
+        self.call_idempotent(|| self.fetch_json(ctx, path_and_query))
+            .await
     }
 
     async fn fetch_json(
@@ -202,6 +238,12 @@ impl Upstreams {
                         failure_threshold: c.breaker_failures,
                         open_for: Duration::from_millis(c.breaker_open_ms),
                     }),
+                    retries: c.retries,
+                    retry_budget: TpsBudget::new(
+                        Duration::from_secs(10),
+                        c.retry_min_per_sec,
+                        c.retry_budget_percent as f32 / 100.0,
+                    ),
                 };
                 (name.clone(), Arc::new(up))
             })
@@ -351,5 +393,51 @@ fn outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
 fn push(out: &mut Vec<(&'static str, HeaderValue)>, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         out.push((name, v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn upstream(retries: u32, min_per_sec: u32, percent: u32) -> Arc<Upstream> {
+        let cfg = UpstreamConfig {
+            retries,
+            retry_min_per_sec: min_per_sec,
+            retry_budget_percent: percent,
+            breaker_failures: 0,
+            ..UpstreamConfig::at("http://127.0.0.1:9")
+        };
+        Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u")
+    }
+
+    async fn attempts(up: &Upstream, error: UpstreamError) -> u32 {
+        let n = AtomicU32::new(0);
+        let _ = up
+            .call_idempotent(|| {
+                n.fetch_add(1, Ordering::Relaxed);
+                let e = error.clone();
+                async move { Err::<(), _>(e) }
+            })
+            .await;
+        n.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_retried_within_the_budget_and_timeouts_are_not() {
+        let up = upstream(2, 10, 20);
+        assert_eq!(attempts(&up, UpstreamError::Failed("x".into())).await, 3);
+        assert_eq!(attempts(&up, UpstreamError::Timeout).await, 1);
+        assert_eq!(attempts(&up, UpstreamError::NotFound).await, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_budget_allows_no_retry() {
+        let up = upstream(2, 0, 0);
+        assert_eq!(attempts(&up, UpstreamError::Failed("x".into())).await, 1);
     }
 }
