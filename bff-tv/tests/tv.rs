@@ -1,5 +1,7 @@
 //! The TV BFF on real sockets.
 
+use std::time::Duration;
+
 use bff_tests::{Stack, TestBff};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -71,4 +73,69 @@ fn the_shipped_configuration_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn with_one_of_two_instances_killed_no_client_sees_an_error() {
+    let stack = Stack::start().await;
+    let (_, second, stop_second) = Stack::extra_backends().await;
+    let tv = TestBff::start(&bff_tv::BFF, &stack, |c| {
+        c.cache.enabled = false;
+        for up in c.upstreams.values_mut() {
+            up.instances = vec![second.clone()];
+            up.health_check_interval_ms = 100;
+            up.health_path = Some("/healthz".into());
+        }
+    })
+    .await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    let http = reqwest::Client::new();
+    let home = || {
+        http.get(format!("{}/api/home", tv.url))
+            .bearer_auth(&token)
+            .send()
+    };
+    for _ in 0..4 {
+        let res = home().await.expect("home");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get("x-degraded").is_none());
+    }
+    let second_hits: Value = http
+        .get(format!("{second}/admin/hits"))
+        .send()
+        .await
+        .expect("hits")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        second_hits["content"].as_u64().unwrap_or(0) > 0,
+        "both instances serve: {second_hits}"
+    );
+
+    stop_second.cancel();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let metrics = http
+        .get(format!("{}/metrics", tv.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let down =
+        format!("bff_upstream_instance_healthy{{upstream=\"content\",instance=\"{second}\"}} 0");
+    assert!(
+        metrics.contains(&down),
+        "the health check took it out: {down}\n{metrics}"
+    );
+    for i in 0..20 {
+        let res = home().await.expect("home");
+        assert_eq!(res.status(), StatusCode::OK, "call {i}");
+        assert!(
+            res.headers().get("x-degraded").is_none(),
+            "call {i} degraded: {:?}",
+            res.headers().get("x-degraded")
+        );
+    }
 }

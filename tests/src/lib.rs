@@ -84,6 +84,17 @@ impl Stack {
         }
     }
 
+    /// Starts one more instance of the demo backends; returns its gRPC and REST bases and the
+    /// token that stops it.
+    pub async fn extra_backends() -> (String, String, CancellationToken) {
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind rest");
+        let (grpc_url, rest_url) = (url(&grpc), url(&rest));
+        let stop = CancellationToken::new();
+        tokio::spawn(DemoBackends::new().serve(grpc, rest, stop.clone().cancelled_owned()));
+        (grpc_url, rest_url, stop)
+    }
+
     /// Points a BFF configuration at this stack.
     pub fn point<C: Default>(&self, cfg: &mut Config<C>) {
         cfg.point_at(&self.idp, &self.grpc, &self.rest);

@@ -59,11 +59,13 @@ pub async fn user(
     ctx: CallContext,
     user_id: String,
 ) -> Result<Value, UpstreamError> {
-    let client = UserServiceClient::new(up.channel());
     let req = GetUserRequest { user_id };
     let u = up
-        .call_idempotent(|| {
-            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+        .call_idempotent(|instance| {
+            let (mut client, req) = (
+                UserServiceClient::new(instance.channel()),
+                ctx.grpc(req.clone(), up.timeout),
+            );
             async move { Ok(client.get_user(req).await?.into_inner()) }
         })
         .await?;
@@ -84,11 +86,13 @@ pub async fn preferences(
     ctx: CallContext,
     user_id: String,
 ) -> Result<Value, UpstreamError> {
-    let client = PreferencesServiceClient::new(up.channel());
     let req = GetPreferencesRequest { user_id };
     let p = up
-        .call_idempotent(|| {
-            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+        .call_idempotent(|instance| {
+            let (mut client, req) = (
+                PreferencesServiceClient::new(instance.channel()),
+                ctx.grpc(req.clone(), up.timeout),
+            );
             async move { Ok(client.get_preferences(req).await?.into_inner()) }
         })
         .await?;
@@ -155,10 +159,12 @@ async fn get_subscription(
     ctx: CallContext,
     req: GetSubscriptionRequest,
 ) -> Result<Value, UpstreamError> {
-    let client = SubscriptionServiceClient::new(up.channel());
     let s = up
-        .call_idempotent(|| {
-            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+        .call_idempotent(|instance| {
+            let (mut client, req) = (
+                SubscriptionServiceClient::new(instance.channel()),
+                ctx.grpc(req.clone(), up.timeout),
+            );
             async move { Ok(client.get_subscription(req).await?.into_inner()) }
         })
         .await?;
@@ -173,7 +179,6 @@ pub async fn list_subscriptions(
     page_size: u32,
     page_token: String,
 ) -> Result<Value, UpstreamError> {
-    let client = SubscriptionServiceClient::new(up.channel());
     let req = ListSubscriptionsRequest {
         partner_id,
         user_id: String::new(),
@@ -181,8 +186,11 @@ pub async fn list_subscriptions(
         page_token,
     };
     let res = up
-        .call_idempotent(|| {
-            let (mut client, req) = (client.clone(), ctx.grpc(req.clone(), up.timeout));
+        .call_idempotent(|instance| {
+            let (mut client, req) = (
+                SubscriptionServiceClient::new(instance.channel()),
+                ctx.grpc(req.clone(), up.timeout),
+            );
             async move { Ok(client.list_subscriptions(req).await?.into_inner()) }
         })
         .await?;
@@ -198,13 +206,11 @@ pub async fn create_subscription(
     ctx: CallContext,
     req: CreateSubscriptionRequest,
 ) -> Result<Value, UpstreamError> {
-    let mut client = SubscriptionServiceClient::new(up.channel());
     let s = up
-        .call(async {
-            Ok(client
-                .create_subscription(ctx.grpc(req, up.timeout))
-                .await?
-                .into_inner())
+        .call(|instance| {
+            let mut client = SubscriptionServiceClient::new(instance.channel());
+            let req = ctx.grpc(req, up.timeout);
+            async move { Ok(client.create_subscription(req).await?.into_inner()) }
         })
         .await?;
     Ok(subscription_json(&s))

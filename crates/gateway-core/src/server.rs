@@ -103,6 +103,8 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
     /// so a backend that is down at start-up delays nothing.
     pub fn build(self) -> Result<Gateway<C>, ConfigError> {
         let cfg = self.config;
+        // Installed now, not on the first scrape: what happens before it must be counted too.
+        telemetry::metrics_handle();
         let redis = Redis::from_config(&cfg.redis)?;
         let redis_bound = Duration::from_millis(cfg.redis.timeout_ms);
         let auth = match cfg.auth.mode {

@@ -128,10 +128,9 @@ impl<C: Default> Config<C> {
             iss.jwks_url = iss.jwks_url.as_ref().map(|u| u.replace(DEV_IDP_URL, idp));
         }
         for up in self.upstreams.values_mut() {
-            up.url = up
-                .url
-                .replace(DEV_GRPC_URL, grpc)
-                .replace(DEV_REST_URL, rest);
+            for url in std::iter::once(&mut up.url).chain(up.instances.iter_mut()) {
+                *url = url.replace(DEV_GRPC_URL, grpc).replace(DEV_REST_URL, rest);
+            }
         }
     }
 
@@ -508,6 +507,20 @@ pub struct UpstreamConfig {
     /// How long an open circuit refuses calls before one probe may go through, in milliseconds.
     #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
+    /// More instances of the same upstream, besides `url`.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// How calls spread over the instances: `round_robin` or `power_of_two_choices`.
+    #[serde(default)]
+    pub balance: crate::upstream::balance::Balance,
+    /// Time between active health checks of each instance (with several instances, or a
+    /// `health_path`), in milliseconds.
+    #[serde(default = "default_health_check_interval")]
+    pub health_check_interval_ms: u64,
+    /// `GET` path that answers 2xx when an instance is healthy; without it a TCP connection is
+    /// the check.
+    #[serde(default)]
+    pub health_path: Option<String>,
     /// Retries of a failed idempotent call (never of writes, never after a timeout).
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -519,6 +532,9 @@ pub struct UpstreamConfig {
     pub retry_min_per_sec: u32,
 }
 
+fn default_health_check_interval() -> u64 {
+    1_000
+}
 fn default_retries() -> u32 {
     2
 }
@@ -547,6 +563,10 @@ impl UpstreamConfig {
             timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
             breaker_failures: DEFAULT_BREAKER_FAILURES,
             breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
+            instances: Vec::new(),
+            balance: crate::upstream::balance::Balance::RoundRobin,
+            health_check_interval_ms: default_health_check_interval(),
+            health_path: None,
             retries: default_retries(),
             retry_budget_percent: default_retry_budget_percent(),
             retry_min_per_sec: default_retry_min_per_sec(),
@@ -848,6 +868,24 @@ where
                     format!("upstreams.{name}.url"),
                     "must be an http(s) URL",
                     format!("{:?}", up.url),
+                );
+            }
+            for (i, url) in up.instances.iter().enumerate() {
+                if !url.starts_with("http://") && !url.starts_with("https://") {
+                    return bad(
+                        format!("upstreams.{name}.instances[{i}]"),
+                        "must be an http(s) URL",
+                        format!("{url:?}"),
+                    );
+                }
+            }
+            if let Some(path) = &up.health_path
+                && !path.starts_with('/')
+            {
+                return bad(
+                    format!("upstreams.{name}.health_path"),
+                    "must start with /",
+                    format!("{path:?}"),
                 );
             }
             if up.retry_min_per_sec > 1_000_000 {

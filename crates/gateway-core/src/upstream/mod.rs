@@ -3,7 +3,8 @@
 //! downstream (identity, request id, `traceparent`, deadline).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -11,15 +12,16 @@ use axum::http::HeaderValue;
 use axum::http::request::Parts;
 use serde_json::Value;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
+pub mod balance;
 pub mod breaker;
 
 use crate::auth::{Principal, PrincipalKind};
 use crate::config::{ConfigError, UpstreamConfig};
 use crate::edge::{RequestId, TraceContext};
 use crate::error::GatewayError;
+use balance::{Balance, Instance};
 use breaker::{Breaker, BreakerSettings, BreakerState};
 
 /// Bound on a REST upstream's response body.
@@ -69,23 +71,28 @@ impl From<tonic::Status> for UpstreamError {
 pub struct Upstream {
     /// Its name in the configuration.
     pub name: String,
-    base: String,
     /// Per-call timeout.
     pub timeout: Duration,
+    instances: Arc<[Arc<Instance>]>,
+    balance: Balance,
+    next: AtomicUsize,
     http: reqwest::Client,
-    channel: OnceLock<Channel>,
     breaker: Breaker,
     retries: u32,
     retry_budget: TpsBudget,
 }
 
 impl Upstream {
-    /// Runs one call to this upstream through its circuit breaker: refused at once while the
-    /// circuit is open; its outcome feeds the breaker.
-    pub async fn call<T>(
-        &self,
-        call: impl Future<Output = Result<T, UpstreamError>>,
-    ) -> Result<T, UpstreamError> {
+    /// Runs one call (made by `make` for the instance picked) through the circuit breaker:
+    /// refused at once while the circuit is open; its outcome feeds the breaker. Not retried.
+    pub async fn call<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
+    where
+        F: FnOnce(Arc<Instance>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
+        let _inflight = instance.enter();
+        let call = make(instance.clone());
         let permit = self.breaker.try_acquire()?;
         let result = call.await;
         let before = self.breaker.state();
@@ -108,13 +115,14 @@ impl Upstream {
     /// is spent. Not for writes.
     pub async fn call_idempotent<T, F, Fut>(&self, mut make: F) -> Result<T, UpstreamError>
     where
-        F: FnMut() -> Fut,
+        F: FnMut(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         self.retry_budget.deposit();
         let mut attempt = 0u32;
         loop {
-            let result = self.call(make()).await;
+            // Each attempt picks again, so a retry tends to land on another instance.
+            let result = self.call(&mut make).await;
             if !matches!(result, Err(UpstreamError::Failed(_)))
                 || attempt >= self.retries
                 || !self.retry_budget.withdraw()
@@ -135,23 +143,6 @@ impl Upstream {
         self.breaker.state()
     }
 
-    /// The gRPC channel, created on first use and shared after: HTTP/2, multiplexed, reconnecting.
-    pub fn channel(&self) -> Channel {
-        self.channel
-            .get_or_init(|| {
-                // The URL was validated at configuration time; a failure here is a bug, and an
-                // unusable channel (every call fails and is reported as such) is the honest result.
-                Endpoint::from_shared(self.base.clone())
-                    .unwrap_or_else(|_| Endpoint::from_static("http://invalid.invalid"))
-                    .connect_timeout(self.timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy()
-            })
-            .clone()
-    }
-
     /// `GET {base}{path_and_query}` and decode a JSON answer, through the breaker, retried as an
     /// idempotent call.
     pub async fn get_json(
@@ -159,19 +150,20 @@ impl Upstream {
         ctx: &CallContext,
         path_and_query: &str,
     ) -> Result<Value, UpstreamError> {
-        self.call_idempotent(|| self.fetch_json(ctx, path_and_query))
+        self.call_idempotent(|instance| self.fetch_json(instance, ctx, path_and_query))
             .await
     }
 
     async fn fetch_json(
         &self,
+        instance: Arc<Instance>,
         ctx: &CallContext,
         path_and_query: &str,
     ) -> Result<Value, UpstreamError> {
         let timeout = ctx.budget(self.timeout);
         let mut req = self
             .http
-            .get(format!("{}{path_and_query}", self.base))
+            .get(format!("{}{path_and_query}", instance.base()))
             .timeout(timeout);
         for (name, value) in ctx.headers(timeout) {
             req = req.header(name, value);
@@ -228,12 +220,27 @@ impl Upstreams {
         let by_name = cfg
             .iter()
             .map(|(name, c)| {
+                let timeout = Duration::from_millis(c.timeout_ms);
+                let instances: Arc<[Arc<Instance>]> = std::iter::once(&c.url)
+                    .chain(&c.instances)
+                    .map(|url| Arc::new(Instance::new(url, timeout)))
+                    .collect();
+                if instances.len() > 1 || c.health_path.is_some() {
+                    balance::spawn_health_checks(
+                        name.clone(),
+                        Arc::downgrade(&instances),
+                        Duration::from_millis(c.health_check_interval_ms.max(10)),
+                        c.health_path.clone(),
+                        http.clone(),
+                    );
+                }
                 let up = Upstream {
                     name: name.clone(),
-                    base: c.url.trim_end_matches('/').to_owned(),
-                    timeout: Duration::from_millis(c.timeout_ms),
+                    timeout,
+                    instances,
+                    balance: c.balance,
+                    next: AtomicUsize::new(0),
                     http: http.clone(),
-                    channel: OnceLock::new(),
                     breaker: Breaker::new(BreakerSettings {
                         failure_threshold: c.breaker_failures,
                         open_for: Duration::from_millis(c.breaker_open_ms),
@@ -418,7 +425,7 @@ mod tests {
     async fn attempts(up: &Upstream, error: UpstreamError) -> u32 {
         let n = AtomicU32::new(0);
         let _ = up
-            .call_idempotent(|| {
+            .call_idempotent(|_| {
                 n.fetch_add(1, Ordering::Relaxed);
                 let e = error.clone();
                 async move { Err::<(), _>(e) }

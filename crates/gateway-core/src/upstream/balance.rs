@@ -1,0 +1,263 @@
+//! Instances of one upstream, how a call picks one, and the active health checks that take dead
+//! instances out of rotation (and put them back).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+/// How calls spread over instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each healthy instance in turn.
+    #[default]
+    RoundRobin,
+    /// Two healthy instances at random, the one with fewer calls in flight.
+    PowerOfTwoChoices,
+}
+
+/// One instance of an upstream.
+#[derive(Debug)]
+pub struct Instance {
+    base: String,
+    connect_timeout: Duration,
+    channel: OnceLock<Channel>,
+    healthy: AtomicBool,
+    inflight: AtomicUsize,
+}
+
+impl Instance {
+    /// An instance at `base` (`http://host:port`), healthy until a check says otherwise.
+    pub fn new(base: &str, connect_timeout: Duration) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            connect_timeout,
+            channel: OnceLock::new(),
+            healthy: AtomicBool::new(true),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Its base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether the last health check passed.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The gRPC channel, created on first use and shared after: HTTP/2, multiplexed, reconnecting.
+    pub fn channel(&self) -> Channel {
+        self.channel
+            .get_or_init(|| {
+                // The URL was validated at configuration time; should it still not parse, every
+                // call fails and is reported as such.
+                Endpoint::from_shared(self.base.clone())
+                    .unwrap_or_else(|_| Endpoint::from_static("http://invalid.invalid"))
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy()
+            })
+            .clone()
+    }
+
+    /// Counts a call in flight until the guard drops.
+    pub(crate) fn enter(&self) -> InFlight<'_> {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self)
+    }
+}
+
+/// A call in flight on an instance.
+pub(crate) struct InFlight<'a>(&'a Instance);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks the instance for the next call: among the healthy ones, or among all when none is (better
+/// to try than to refuse outright).
+pub(crate) fn pick<'a>(
+    instances: &'a [Arc<Instance>],
+    balance: Balance,
+    next: &AtomicUsize,
+) -> &'a Arc<Instance> {
+    if instances.len() == 1 {
+        return &instances[0];
+    }
+    let healthy: Vec<&Arc<Instance>> = instances.iter().filter(|i| i.is_healthy()).collect();
+    let pool: Vec<&Arc<Instance>> = if healthy.is_empty() {
+        instances.iter().collect()
+    } else {
+        healthy
+    };
+    match balance {
+        Balance::RoundRobin => pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()],
+        Balance::PowerOfTwoChoices => {
+            let a = pool[rand::random_range(0..pool.len())];
+            let b = pool[rand::random_range(0..pool.len())];
+            if b.inflight.load(Ordering::Relaxed) < a.inflight.load(Ordering::Relaxed) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+/// Checks every instance each `every`: `GET {base}{path}` answering 2xx when a path is set,
+/// otherwise a TCP connection. The task ends when the upstream is dropped.
+pub(crate) fn spawn_health_checks(
+    name: String,
+    instances: Weak<[Arc<Instance>]>,
+    every: Duration,
+    path: Option<String>,
+    http: reqwest::Client,
+) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(instances) = instances.upgrade() else {
+                return;
+            };
+            for instance in instances.iter() {
+                let ok = check(
+                    instance,
+                    path.as_deref(),
+                    &http,
+                    every.min(Duration::from_secs(2)),
+                )
+                .await;
+                if instance.healthy.swap(ok, Ordering::Relaxed) != ok {
+                    tracing::warn!(upstream = %name, instance = %instance.base, healthy = ok, "instance health changed");
+                    metrics::gauge!("bff_upstream_instance_healthy", "upstream" => name.clone(), "instance" => instance.base.clone())
+                        .set(f64::from(u8::from(ok)));
+                }
+            }
+        }
+    });
+}
+
+async fn check(
+    instance: &Instance,
+    path: Option<&str>,
+    http: &reqwest::Client,
+    bound: Duration,
+) -> bool {
+    match path {
+        Some(path) => http
+            .get(format!("{}{path}", instance.base))
+            .timeout(bound)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success()),
+        None => {
+            let Some(authority) = authority(&instance.base) else {
+                return false;
+            };
+            matches!(
+                tokio::time::timeout(bound, tokio::net::TcpStream::connect(authority)).await,
+                Ok(Ok(_))
+            )
+        }
+    }
+}
+
+/// `host:port` of a base URL, with the scheme's default port.
+fn authority(base: &str) -> Option<String> {
+    let uri: http::Uri = base.parse().ok()?;
+    let host = uri.host()?;
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    Some(format!("{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instances(n: usize) -> Vec<Arc<Instance>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Instance::new(
+                    &format!("http://127.0.0.1:{}", 1000 + i),
+                    Duration::from_secs(1),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_skips_unhealthy_instances() {
+        let all = instances(3);
+        all[1].healthy.store(false, Ordering::Relaxed);
+        let next = AtomicUsize::new(0);
+        let picked: Vec<&str> = (0..4)
+            .map(|_| pick(&all, Balance::RoundRobin, &next).base())
+            .collect();
+        assert_eq!(
+            picked,
+            [
+                "http://127.0.0.1:1000",
+                "http://127.0.0.1:1002",
+                "http://127.0.0.1:1000",
+                "http://127.0.0.1:1002"
+            ]
+        );
+    }
+
+    #[test]
+    fn with_no_healthy_instance_all_are_tried() {
+        let all = instances(2);
+        all.iter()
+            .for_each(|i| i.healthy.store(false, Ordering::Relaxed));
+        let next = AtomicUsize::new(0);
+        assert_ne!(
+            pick(&all, Balance::RoundRobin, &next).base(),
+            pick(&all, Balance::RoundRobin, &next).base()
+        );
+    }
+
+    #[test]
+    fn two_choices_prefer_the_less_loaded() {
+        let all = instances(2);
+        let _busy: Vec<_> = (0..5).map(|_| all[0].enter()).collect();
+        let next = AtomicUsize::new(0);
+        let picks = (0..100)
+            .filter(|_| pick(&all, Balance::PowerOfTwoChoices, &next).base() == all[1].base())
+            .count();
+        // Whenever the two draws differ (about half the time) the idle instance wins.
+        assert!(picks > 60, "{picks}");
+    }
+
+    #[test]
+    fn authorities() {
+        assert_eq!(
+            authority("http://127.0.0.1:9001").as_deref(),
+            Some("127.0.0.1:9001")
+        );
+        assert_eq!(
+            authority("https://svc.internal").as_deref(),
+            Some("svc.internal:443")
+        );
+    }
+}
