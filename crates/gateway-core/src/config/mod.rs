@@ -521,6 +521,9 @@ pub struct UpstreamConfig {
     /// the check.
     #[serde(default)]
     pub health_path: Option<String>,
+    /// Calls in flight at most; more are shed at once (`overloaded`). 0: no cap.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
     /// Retries of a failed idempotent call (never of writes, never after a timeout).
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -534,6 +537,9 @@ pub struct UpstreamConfig {
 
 fn default_health_check_interval() -> u64 {
     1_000
+}
+fn default_max_concurrent() -> u32 {
+    1024
 }
 fn default_retries() -> u32 {
     2
@@ -567,6 +573,7 @@ impl UpstreamConfig {
             balance: crate::upstream::balance::Balance::RoundRobin,
             health_check_interval_ms: default_health_check_interval(),
             health_path: None,
+            max_concurrent: default_max_concurrent(),
             retries: default_retries(),
             retry_budget_percent: default_retry_budget_percent(),
             retry_min_per_sec: default_retry_min_per_sec(),

@@ -49,6 +49,9 @@ pub enum UpstreamError {
     /// Not called: the upstream's circuit breaker is open.
     #[error("circuit open")]
     CircuitOpen,
+    /// Not called: the upstream already has its maximum of calls in flight.
+    #[error("too many calls in flight")]
+    Overloaded,
 }
 
 impl From<tonic::Status> for UpstreamError {
@@ -78,6 +81,7 @@ pub struct Upstream {
     next: AtomicUsize,
     http: reqwest::Client,
     breaker: Breaker,
+    in_flight: Option<Arc<tokio::sync::Semaphore>>,
     retries: u32,
     retry_budget: TpsBudget,
 }
@@ -90,6 +94,15 @@ impl Upstream {
         F: FnOnce(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
+        // A full upstream sheds the call at once: queueing would only spend the part's deadline.
+        let _slot = match &self.in_flight {
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
+                metrics::counter!("bff_upstream_calls_total", "upstream" => self.name.clone(), "outcome" => "overloaded")
+                    .increment(1);
+                UpstreamError::Overloaded
+            })?),
+            None => None,
+        };
         let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
         let _inflight = instance.enter();
         let call = make(instance.clone());
@@ -245,6 +258,8 @@ impl Upstreams {
                         failure_threshold: c.breaker_failures,
                         open_for: Duration::from_millis(c.breaker_open_ms),
                     }),
+                    in_flight: (c.max_concurrent > 0)
+                        .then(|| Arc::new(tokio::sync::Semaphore::new(c.max_concurrent as usize))),
                     retries: c.retries,
                     retry_budget: TpsBudget::new(
                         Duration::from_secs(10),
@@ -394,6 +409,7 @@ fn outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
         Err(UpstreamError::Rejected(_)) => "rejected",
         Err(UpstreamError::Failed(_)) => "error",
         Err(UpstreamError::CircuitOpen) => "circuit_open",
+        Err(UpstreamError::Overloaded) => "overloaded",
     }
 }
 
@@ -440,6 +456,41 @@ mod tests {
         assert_eq!(attempts(&up, UpstreamError::Failed("x".into())).await, 3);
         assert_eq!(attempts(&up, UpstreamError::Timeout).await, 1);
         assert_eq!(attempts(&up, UpstreamError::NotFound).await, 1);
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_cap_are_shed_at_once() {
+        let cfg = UpstreamConfig {
+            max_concurrent: 1,
+            ..UpstreamConfig::at("http://127.0.0.1:9")
+        };
+        let up = Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u");
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let up = up.clone();
+            tokio::spawn(async move {
+                up.call(|_| async { wait.await.map_err(|_| UpstreamError::Timeout) })
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        while up
+            .in_flight
+            .as_ref()
+            .is_some_and(|s| s.available_permits() > 0)
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            up.call(|_| async { Ok(()) }).await,
+            Err(UpstreamError::Overloaded)
+        );
+        let _ = release.send(());
+        assert_eq!(first.await.expect("join"), Ok(()));
+        assert_eq!(up.call(|_| async { Ok(()) }).await, Ok(()));
     }
 
     #[tokio::test(start_paused = true)]
