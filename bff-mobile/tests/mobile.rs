@@ -429,3 +429,44 @@ async fn a_failed_read_is_retried_twice_then_left_out() {
     let calls = stack.hits().await["preferences"].as_u64().expect("hits") - before;
     assert_eq!(calls, 3, "one call and two retries");
 }
+
+/// Sends one raw HTTP/1.1 request (no client library to tidy the path) and returns the response head.
+async fn raw(bff: &TestBff, target: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(bff.addr)
+        .await
+        .expect("connect");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: bff\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response);
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_before_routing() {
+    let (_stack, bff, _) = setup().await;
+    assert!(raw(&bff, "/healthz").await.starts_with("http/1.1 200"));
+    for target in [
+        "/api/v2/user/../../healthz",
+        "/api/v2/user/%2e%2e/profile",
+        "/api/v2/user%2fprofile",
+        "/api//v2/user/profile",
+        "/api/v2/user/./profile",
+        "/api\\v2",
+    ] {
+        let head = raw(&bff, target).await;
+        assert!(head.starts_with("http/1.1 400"), "{target}: {head}");
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{target}: {head}"
+        );
+        assert!(head.contains("x-request-id:"), "{target}: {head}");
+    }
+    let long = format!("/api/v2/user/profile?q={}", "a".repeat(9000));
+    assert!(raw(&bff, &long).await.starts_with("http/1.1 414"));
+}

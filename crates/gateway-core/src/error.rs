@@ -107,6 +107,9 @@ pub enum GatewayError {
         /// The minimum version, as configured.
         minimum: String,
     },
+    /// 414: the request target is longer than the configured limit.
+    #[error("URI too long")]
+    UriTooLong,
     /// 413: the request body is larger than the configured limit.
     #[error("payload too large")]
     PayloadTooLarge,
@@ -135,6 +138,7 @@ impl GatewayError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::UpgradeRequired { .. } => StatusCode::UPGRADE_REQUIRED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -154,6 +158,7 @@ impl GatewayError {
             Self::BadRequest { code, .. } => code,
             Self::UpgradeRequired { .. } => "CLIENT_VERSION_UNSUPPORTED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UriTooLong => "URI_TOO_LONG",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
         }
@@ -184,6 +189,7 @@ impl GatewayError {
                 format!("This app version is no longer supported; update to {minimum} or later.")
             }
             Self::PayloadTooLarge => "The request body is larger than this API accepts.".to_owned(),
+            Self::UriTooLong => "The request target is longer than this API accepts.".to_owned(),
             Self::Unavailable => "The service is temporarily unavailable.".to_owned(),
             Self::Internal => "An internal error occurred.".to_owned(),
         }

@@ -185,7 +185,8 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     ///
     /// Order, outermost first, with the reason for each position:
     /// 1. edge hygiene: request id and trace context exist before anything logs; identity headers a
-    ///    client forged are gone before anything reads them;
+    ///    client forged are gone before anything reads them; then the path check, before routing,
+    ///    so the path that is routed and authorised is the path a backend would see;
     /// 2. access log and metrics: see every answer, rejections included;
     /// 3. deadline and body limit: bound the work any request can cause;
     /// 4. authentication (API routes only): before limits, so limits apply per subject;
@@ -207,15 +208,12 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .route("/readyz", get(readyz::<C>))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
-        ops.merge(api)
+        let routed = ops
+            .merge(api)
             .fallback(|| async { GatewayError::NotFound("such route".into()) })
             .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
             .layer(
                 ServiceBuilder::new()
-                    .layer(middleware::from_fn_with_state(
-                        self.edge.clone(),
-                        edge::hygiene,
-                    ))
                     .layer(middleware::from_fn_with_state(
                         self.bff,
                         telemetry::access_log,
@@ -229,7 +227,20 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                         },
                         bounds,
                     )),
-            )
+            );
+        // Edge hygiene and the path check run before routing (an outer router whose only route is
+        // the routed one), so an ambiguous path is refused before it can match anything.
+        Router::new().fallback_service(routed).layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    self.edge.clone(),
+                    edge::hygiene,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    self.config.server.max_uri_bytes,
+                    edge::check_path,
+                )),
+        )
     }
 
     /// Whether `/readyz` answers 200.

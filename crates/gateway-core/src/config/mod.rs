@@ -161,6 +161,8 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// Longest request target (path and query) accepted, in bytes (414 beyond).
+    pub max_uri_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -171,6 +173,7 @@ impl Default for ServerConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             trusted_proxies: Vec::new(),
+            max_uri_bytes: 8 * 1024,
         }
     }
 }

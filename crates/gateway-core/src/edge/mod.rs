@@ -1,6 +1,7 @@
 //! Edge hygiene, applied before anything else looks at a request: a sane request id, a W3C trace
 //! context, the client's address, and removal of identity headers only the gateway may set.
 
+pub mod path;
 pub mod proxies;
 
 use std::net::{IpAddr, SocketAddr};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 
 /// `X-Request-Id`.
@@ -205,6 +206,18 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
         headers.insert(TRACEPARENT.clone(), v);
     }
     res
+}
+
+/// Middleware (before routing): 414 for an overlong target, 400 `PATH_INVALID` for an ambiguous
+/// path.
+pub async fn check_path(State(max_uri_bytes): State<usize>, req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if let Err(err) = path::check(uri.path(), len, max_uri_bytes) {
+        tracing::info!(target: "access", method = %req.method(), status = err.status().as_u16(), problem = err.code(), "refused before routing");
+        return err.into_response();
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]
