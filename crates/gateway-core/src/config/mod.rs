@@ -510,6 +510,9 @@ pub struct UpstreamConfig {
     /// How long an open circuit refuses calls before one probe may go through, in milliseconds.
     #[serde(default = "default_breaker_open_ms")]
     pub breaker_open_ms: u64,
+    /// Share of failures among the last 20 calls that opens the circuit; 0 disables this trigger.
+    #[serde(default = "default_breaker_error_rate")]
+    pub breaker_error_rate: f64,
     /// More instances of the same upstream, besides `url`.
     #[serde(default)]
     pub instances: Vec<String>,
@@ -538,6 +541,9 @@ pub struct UpstreamConfig {
     pub retry_min_per_sec: u32,
 }
 
+fn default_breaker_error_rate() -> f64 {
+    0.5
+}
 fn default_health_check_interval() -> u64 {
     1_000
 }
@@ -572,6 +578,7 @@ impl UpstreamConfig {
             timeout_ms: DEFAULT_UPSTREAM_TIMEOUT_MS,
             breaker_failures: DEFAULT_BREAKER_FAILURES,
             breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
+            breaker_error_rate: default_breaker_error_rate(),
             instances: Vec::new(),
             balance: crate::upstream::balance::Balance::RoundRobin,
             health_check_interval_ms: default_health_check_interval(),
@@ -896,6 +903,13 @@ where
                     format!("upstreams.{name}.health_path"),
                     "must start with /",
                     format!("{path:?}"),
+                );
+            }
+            if !(0.0..=1.0).contains(&up.breaker_error_rate) {
+                return bad(
+                    format!("upstreams.{name}.breaker_error_rate"),
+                    "must be between 0 and 1",
+                    up.breaker_error_rate.to_string(),
                 );
             }
             if up.retry_min_per_sec > 1_000_000 {

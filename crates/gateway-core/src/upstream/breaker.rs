@@ -1,6 +1,7 @@
-//! A circuit breaker per upstream: after `failure_threshold` consecutive failures it opens for
-//! `open_for`; then exactly one probe goes through, whatever the concurrency; the probe's success
-//! closes it, its failure (or cancellation) opens it again.
+//! A circuit breaker per upstream: after `failure_threshold` consecutive failures, or when at least
+//! `error_rate` of the last 20 calls failed, it opens for `open_for`; then exactly one probe goes
+//! through, whatever the concurrency; the probe's success closes it, its failure (or
+//! cancellation) opens it again.
 //!
 //! Only the upstream's own faults count: timeouts and failures. "Not found" and "rejected" are
 //! answers, so they close rather than trip the breaker.
@@ -19,12 +20,24 @@ pub struct BreakerSettings {
     pub failure_threshold: u32,
     /// How long the circuit stays open before one probe may go through.
     pub open_for: Duration,
+    /// Share of failures among the last [`WINDOW`] calls that opens the circuit; 0 disables.
+    pub error_rate: f64,
 }
+
+/// Calls the error rate is measured over.
+pub const WINDOW: u32 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    /// `recent` holds the last `seen` outcomes (up to [`WINDOW`]), one bit each, 1 for a failure.
+    Closed {
+        failures: u32,
+        recent: u32,
+        seen: u32,
+    },
+    Open {
+        until: Instant,
+    },
     HalfOpen,
 }
 
@@ -55,12 +68,29 @@ pub struct Permit<'a> {
     recorded: bool,
 }
 
+impl State {
+    const CLOSED: State = State::Closed {
+        failures: 0,
+        recent: 0,
+        seen: 0,
+    };
+}
+
 impl Breaker {
+    fn rate_exceeded(&self, recent: u32, seen: u32) -> bool {
+        let rate = self.settings.error_rate;
+        if rate <= 0.0 || seen < WINDOW {
+            return false;
+        }
+        let mask = (1u32 << WINDOW) - 1;
+        f64::from((recent & mask).count_ones()) >= rate * f64::from(WINDOW)
+    }
+
     /// A closed breaker.
     pub fn new(settings: BreakerSettings) -> Self {
         Self {
             settings,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            state: Mutex::new(State::CLOSED),
         }
     }
 
@@ -117,16 +147,33 @@ impl Breaker {
             until: Instant::now() + self.settings.open_for,
         };
         *state = match (*state, failed) {
-            (_, false) => State::Closed { failures: 0 },
-            (State::HalfOpen, true) if probe => open,
-            (State::Closed { failures }, true)
-                if failures + 1 >= self.settings.failure_threshold =>
-            {
-                open
-            }
-            (State::Closed { failures }, true) => State::Closed {
-                failures: failures + 1,
+            (State::Closed { recent, seen, .. }, false) => State::Closed {
+                failures: 0,
+                recent: recent << 1,
+                seen: seen.saturating_add(1),
             },
+            (_, false) => State::CLOSED,
+            (State::HalfOpen, true) if probe => open,
+            (
+                State::Closed {
+                    failures,
+                    recent,
+                    seen,
+                },
+                true,
+            ) => {
+                let (failures, recent, seen) =
+                    (failures + 1, (recent << 1) | 1, seen.saturating_add(1));
+                if failures >= self.settings.failure_threshold || self.rate_exceeded(recent, seen) {
+                    open
+                } else {
+                    State::Closed {
+                        failures,
+                        recent,
+                        seen,
+                    }
+                }
+            }
             // A non-probe call that started before the circuit opened: it changes nothing.
             (other, true) => other,
         };
@@ -161,6 +208,7 @@ mod tests {
         Breaker::new(BreakerSettings {
             failure_threshold: 3,
             open_for: Duration::from_secs(10),
+            error_rate: 0.5,
         })
     }
 
@@ -207,6 +255,25 @@ mod tests {
             BreakerState::Open,
             "a cancelled probe counts as failed"
         );
+    }
+
+    #[test]
+    fn half_of_the_last_twenty_calls_failing_opens_it() {
+        let b = breaker();
+        // Alternating: never three failures in a row, but half of every twenty.
+        for i in 0..19 {
+            let result: Result<(), _> = if i % 2 == 0 {
+                Err(UpstreamError::Failed("x".into()))
+            } else {
+                Ok(())
+            };
+            b.try_acquire().expect("allowed").record(&result);
+        }
+        assert_eq!(b.state(), BreakerState::Closed, "not twenty calls yet");
+        b.try_acquire()
+            .expect("allowed")
+            .record::<()>(&Err(UpstreamError::Timeout));
+        assert_eq!(b.state(), BreakerState::Open);
     }
 
     #[test]

@@ -257,6 +257,7 @@ impl Upstreams {
                     breaker: Breaker::new(BreakerSettings {
                         failure_threshold: c.breaker_failures,
                         open_for: Duration::from_millis(c.breaker_open_ms),
+                        error_rate: c.breaker_error_rate,
                     }),
                     in_flight: (c.max_concurrent > 0)
                         .then(|| Arc::new(tokio::sync::Semaphore::new(c.max_concurrent as usize))),
