@@ -7,6 +7,7 @@
 //! |---|---|---|---|
 //! | `GET /api/v2/user/profile` | `profile:read` | user (required), subscription, preferences | 60 s per user |
 //! | `GET /api/home-feed` | `feed:read` | content (required), recommendations, ads | 30 s per user |
+//! | `GET /api/v2/start` | `profile:read` and `feed:read` | all six of the above, at once | 30 s per user |
 
 mod version;
 
@@ -20,7 +21,8 @@ use axum::routing::get;
 use backend_clients as backends;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
 use gateway_core::{
-    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer, Shaped,
+    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Gathered, Need, RequireScopeLayer,
+    Shaped,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -64,6 +66,7 @@ pub const BFF: gateway_core::cli::Bff<MobileClient> = gateway_core::cli::Bff {
 
 const PROFILE: &str = "/api/v2/user/profile";
 const HOME_FEED: &str = "/api/home-feed";
+const START: &str = "/api/v2/start";
 
 /// Built-in defaults: port 8081, devstack's identity provider and backends.
 pub fn defaults() -> Config<MobileClient> {
@@ -90,6 +93,10 @@ pub fn app(gw: Gw) -> Router {
             HOME_FEED,
             get(home_feed).layer(RequireScopeLayer::new("feed:read")),
         )
+        .route(
+            START,
+            get(start).layer(RequireScopeLayer::all(&["profile:read", "feed:read"])),
+        )
         // Refuse outdated apps before any auth or backend work.
         .layer(middleware::from_fn_with_state(
             Arc::new(minimum),
@@ -112,24 +119,8 @@ async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, 
             let mut parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?
                 .run()
                 .await?;
-            let user = parts.take("user").unwrap_or(Value::Null);
             let mut body = Map::new();
-            body.insert(
-            "user".into(),
-            json!({"id": user["id"], "name": user["display_name"], "avatar": user["avatar_url"]}),
-        );
-            body.insert(
-                "subscription".into(),
-                parts.take("subscription").map_or(Value::Null, |s| {
-                    backends::pick(&s, &["plan", "status", "renews_at"])
-                }),
-            );
-            body.insert(
-                "preferences".into(),
-                parts.take("preferences").map_or(Value::Null, |p| {
-                    backends::pick(&p, &["language", "theme", "autoplay"])
-                }),
-            );
+            shape_profile(&mut parts, &mut body);
             Ok(parts.respond(body))
         },
     )
@@ -140,57 +131,123 @@ async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, 
 async fn home_feed(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, GatewayError> {
     let user_id = ctx.subject()?.to_owned();
     let key = gw.cache.key(&user_id, "home-feed", "v1");
-    gw.cached(HOME_FEED, &key, Duration::from_secs(30), Duration::ZERO, || async {
-        let (content, ads, recs) = (gw.upstreams.expect("content")?, gw.upstreams.expect("ads")?, gw.upstreams.expect("recommendations")?);
-        let mut parts = FanOut::new()
-            .part("content", Need::Required, content.timeout, backends::content_list(content.clone(), ctx.clone(), "featured"))
-            .part("ads", Need::Optional, ads.timeout, backends::ads(ads.clone(), ctx.clone(), user_id.clone(), "feed", 3))
-            .part(
-                "recommendations",
-                Need::Optional,
-                recs.timeout,
-                backends::recommendations(recs.clone(), ctx.clone(), user_id.clone(), 10),
-            )
-            .run()
-            .await?;
-        let width = gw.config.client.image_width;
-        let tile = |item: &Value| {
-            json!({
-                "type": "item",
-                "id": item["id"],
-                "title": item["title"],
-                "image": format!("{}?w={width}", item["image_url"].as_str().unwrap_or_default()),
-            })
-        };
-        let featured: Vec<Value> = parts.take("content").and_then(|c| c.get("items").cloned()).map_or_else(Vec::new, |items| {
-            items.as_array().map(|a| a.iter().map(tile).collect()).unwrap_or_default()
-        });
-        let ads: Vec<Value> = parts
-            .take("ads")
-            .and_then(|a| a.get("ads").and_then(Value::as_array).cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|ad| json!({"type": "ad", "id": ad["id"], "headline": ad["headline"], "image": ad["image_url"], "link": ad["click_url"]}))
-            .collect();
-        let mut feed = Vec::with_capacity(featured.len() + ads.len());
-        let mut ads = ads.into_iter();
-        for (i, item) in featured.into_iter().enumerate() {
-            if i % 4 == 3 && let Some(ad) = ads.next() {
-                feed.push(ad);
-            }
-            feed.push(item);
-        }
-        let for_you: Vec<Value> = parts
-            .take("recommendations")
-            .and_then(|r| r.get("items").and_then(Value::as_array).cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|r| json!({"id": r["item_id"], "reason": r["reason"]}))
-            .collect();
-        let mut body = Map::new();
-        body.insert("for_you".into(), Value::Array(for_you));
-        body.insert("feed".into(), Value::Array(feed));
-        Ok::<Shaped, GatewayError>(parts.respond(body))
-    })
+    gw.cached(
+        HOME_FEED,
+        &key,
+        Duration::from_secs(30),
+        Duration::ZERO,
+        || async {
+            let mut parts = feed_parts(&gw, &ctx, &user_id)?.run().await?;
+            let mut body = Map::new();
+            shape_feed(&mut parts, gw.config.client.image_width, &mut body);
+            Ok(parts.respond(body))
+        },
+    )
     .await
+}
+
+/// `GET /api/v2/start`: everything the start screen shows, profile and feed, in one round trip
+/// over a cellular network instead of two; all six parts run at once.
+async fn start(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, GatewayError> {
+    let user_id = ctx.subject()?.to_owned();
+    let key = gw.cache.key(&user_id, "start", "v2");
+    gw.cached(
+        START,
+        &key,
+        Duration::from_secs(30),
+        Duration::ZERO,
+        || async {
+            let parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?;
+            let mut parts = parts.merge(feed_parts(&gw, &ctx, &user_id)?).run().await?;
+            let mut body = Map::new();
+            shape_profile(&mut parts, &mut body);
+            shape_feed(&mut parts, gw.config.client.image_width, &mut body);
+            Ok::<Shaped, GatewayError>(parts.respond(body))
+        },
+    )
+    .await
+}
+
+/// The feed's parts: the featured catalogue (required), ads and recommendations.
+fn feed_parts(gw: &Gw, ctx: &CallContext, user_id: &str) -> Result<FanOut, GatewayError> {
+    let (content, ads, recs) = (
+        gw.upstreams.expect("content")?,
+        gw.upstreams.expect("ads")?,
+        gw.upstreams.expect("recommendations")?,
+    );
+    let (c, a, r) = (content.timeout, ads.timeout, recs.timeout);
+    Ok(FanOut::new()
+        .part(
+            "content",
+            Need::Required,
+            c,
+            backends::content_list(content, ctx.clone(), "featured"),
+        )
+        .part(
+            "ads",
+            Need::Optional,
+            a,
+            backends::ads(ads, ctx.clone(), user_id.to_owned(), "feed", 3),
+        )
+        .part(
+            "recommendations",
+            Need::Optional,
+            r,
+            backends::recommendations(recs, ctx.clone(), user_id.to_owned(), 10),
+        ))
+}
+
+/// The compact profile: name and avatar, plan, and the preferences the app applies at once.
+fn shape_profile(parts: &mut Gathered, body: &mut Map<String, Value>) {
+    let user = parts.take("user").unwrap_or(Value::Null);
+    body.insert(
+        "user".into(),
+        json!({"id": user["id"], "name": user["display_name"], "avatar": user["avatar_url"]}),
+    );
+    let subscription = parts.take("subscription").map_or(Value::Null, |s| {
+        backends::pick(&s, &["plan", "status", "renews_at"])
+    });
+    body.insert("subscription".into(), subscription);
+    let preferences = parts.take("preferences").map_or(Value::Null, |p| {
+        backends::pick(&p, &["language", "theme", "autoplay"])
+    });
+    body.insert("preferences".into(), preferences);
+}
+
+/// The compact feed: "for you" ids, then featured tiles with an ad every fourth slot.
+fn shape_feed(parts: &mut Gathered, width: u32, body: &mut Map<String, Value>) {
+    let tile = |item: &Value| {
+        json!({
+            "type": "item",
+            "id": item["id"],
+            "title": item["title"],
+            "image": format!("{}?w={width}", item["image_url"].as_str().unwrap_or_default()),
+        })
+    };
+    let list = |v: Option<Value>, key: &str| {
+        v.and_then(|v| v.get(key).and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+    };
+    let featured: Vec<Value> = list(parts.take("content"), "items")
+        .iter()
+        .map(tile)
+        .collect();
+    let mut ads = list(parts.take("ads"), "ads").into_iter().map(|ad| {
+        json!({"type": "ad", "id": ad["id"], "headline": ad["headline"], "image": ad["image_url"], "link": ad["click_url"]})
+    });
+    let mut feed = Vec::with_capacity(featured.len() + 3);
+    for (i, item) in featured.into_iter().enumerate() {
+        if i % 4 == 3
+            && let Some(ad) = ads.next()
+        {
+            feed.push(ad);
+        }
+        feed.push(item);
+    }
+    let for_you: Vec<Value> = list(parts.take("recommendations"), "items")
+        .iter()
+        .map(|r| json!({"id": r["item_id"], "reason": r["reason"]}))
+        .collect();
+    body.insert("for_you".into(), Value::Array(for_you));
+    body.insert("feed".into(), Value::Array(feed));
 }

@@ -470,3 +470,29 @@ async fn ambiguous_paths_are_refused_before_routing() {
     let long = format!("/api/v2/user/profile?q={}", "a".repeat(9000));
     assert!(raw(&bff, &long).await.starts_with("http/1.1 414"));
 }
+
+#[tokio::test]
+async fn the_start_screen_is_one_call_of_six_parallel_parts() {
+    let (stack, bff, token) = setup().await;
+    for service in ["user", "content", "ads", "recommendations"] {
+        stack.fault(service, 150, 0.0).await;
+    }
+    let start = Instant::now();
+    let res = get(&bff, "/api/v2/start", &token).await;
+    let elapsed = start.elapsed();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Four 150 ms parts in sequence could not answer before 600 ms.
+    assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["user"]["id"], "user-0042");
+    assert!(body["feed"].as_array().is_some_and(|f| !f.is_empty()));
+    assert_eq!(body["_meta"]["parts"].as_object().map(|p| p.len()), Some(6));
+
+    let profile_only = stack.user_token("user-0042", "profile:read").await;
+    let res = get(&bff, "/api/v2/start", &profile_only).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "both scopes are required"
+    );
+}

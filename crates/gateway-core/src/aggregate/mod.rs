@@ -101,6 +101,12 @@ impl FanOut {
         self
     }
 
+    /// Adds every part of `other`, so two sets of parts run as one.
+    pub fn merge(mut self, other: FanOut) -> Self {
+        self.parts.extend(other.parts);
+        self
+    }
+
     /// Runs every part at once. A required part's failure returns early and drops (cancels) the rest.
     pub async fn run(self) -> Result<Gathered, GatewayError> {
         let start = Instant::now();

@@ -167,16 +167,23 @@ pub async fn authenticate(
     }
 }
 
-/// Refuses with 403 `INSUFFICIENT_SCOPE` unless the principal holds `scope`.
-#[derive(Debug, Clone, Copy)]
+/// Refuses with 403 `INSUFFICIENT_SCOPE` unless the principal holds every scope required.
+#[derive(Debug, Clone)]
 pub struct RequireScopeLayer {
-    scope: &'static str,
+    scopes: Arc<[&'static str]>,
 }
 
 impl RequireScopeLayer {
     /// Requires `scope` on the routes this layer wraps.
     pub fn new(scope: &'static str) -> Self {
-        Self { scope }
+        Self::all(&[scope])
+    }
+
+    /// Requires every one of `scopes`.
+    pub fn all(scopes: &[&'static str]) -> Self {
+        Self {
+            scopes: scopes.into(),
+        }
     }
 }
 
@@ -185,7 +192,7 @@ impl<S> Layer<S> for RequireScopeLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RequireScope {
             inner,
-            scope: self.scope,
+            scopes: self.scopes.clone(),
         }
     }
 }
@@ -194,7 +201,7 @@ impl<S> Layer<S> for RequireScopeLayer {
 #[derive(Debug, Clone)]
 pub struct RequireScope<S> {
     inner: S,
-    scope: &'static str,
+    scopes: Arc<[&'static str]>,
 }
 
 impl<S> Service<Request> for RequireScope<S>
@@ -210,16 +217,16 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let allowed = req
-            .extensions()
-            .get::<Principal>()
-            .is_some_and(|p| p.has_scope(self.scope));
-        if allowed {
-            Either::Left(self.inner.call(req))
-        } else {
-            Either::Right(ready(Ok(
-                GatewayError::InsufficientScope(self.scope).into_response()
-            )))
+        let principal = req.extensions().get::<Principal>();
+        let missing = self
+            .scopes
+            .iter()
+            .find(|s| !principal.is_some_and(|p| p.has_scope(s)));
+        match missing {
+            None => Either::Left(self.inner.call(req)),
+            Some(scope) => Either::Right(ready(Ok(
+                GatewayError::InsufficientScope(scope).into_response()
+            ))),
         }
     }
 }
