@@ -5,18 +5,23 @@
 //! | route | scope | parts | cache |
 //! |---|---|---|---|
 //! | `GET /api/profile` | `profile:read` | user (required), subscription, preferences | 60 s per user |
+//! | `GET /api/events` | `events:read` | server-sent events: `subscription`, `recommendations` on change; heartbeats | none |
 
+mod events;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, header};
 use axum::routing::get;
+use axum::{Extension, Router};
 use backend_clients as backends;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
 use gateway_core::{ApiResponse, CallContext, Gateway, GatewayError, RequireScopeLayer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The web BFF's own settings, under `[client]`.
@@ -25,12 +30,21 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub struct WebClient {
     /// Origins allowed to call from a browser (exact matches, e.g. `https://app.example.com`).
     pub cors_origins: Vec<String>,
+    /// How often an event stream polls the backends for changes, in milliseconds.
+    pub events_poll_ms: u64,
+    /// Seconds between heartbeats on an idle event stream.
+    pub events_heartbeat_secs: u64,
+    /// Event streams open at once at most; more get 503.
+    pub events_max_streams: usize,
 }
 
 impl Default for WebClient {
     fn default() -> Self {
         Self {
             cors_origins: vec!["http://localhost:3000".to_owned()],
+            events_poll_ms: 5_000,
+            events_heartbeat_secs: 15,
+            events_max_streams: 10_000,
         }
     }
 }
@@ -50,6 +64,7 @@ pub const BFF: gateway_core::cli::Bff<WebClient> = gateway_core::cli::Bff {
 };
 
 const PROFILE: &str = "/api/profile";
+const EVENTS: &str = "/api/events";
 
 /// Built-in defaults: port 8082, devstack's identity provider and backends.
 pub fn defaults() -> Config<WebClient> {
@@ -61,7 +76,7 @@ pub fn defaults() -> Config<WebClient> {
         .upstream("recommendations", DEV_REST_URL, 400)
 }
 
-type Gw = Gateway<WebClient>;
+pub(crate) type Gw = Gateway<WebClient>;
 
 /// The whole web router: routes, the shared pipeline, and CORS outermost so preflights are
 /// answered without credentials.
@@ -85,10 +100,19 @@ pub fn app(gw: Gw) -> Router {
             header::RETRY_AFTER,
         ])
         .max_age(Duration::from_secs(600));
-    let api = Router::new().route(
-        PROFILE,
-        get(profile).layer(RequireScopeLayer::new("profile:read")),
-    );
+    let streams = events::Streams(Arc::new(Semaphore::new(
+        gw.config.client.events_max_streams,
+    )));
+    let api = Router::new()
+        .route(
+            PROFILE,
+            get(profile).layer(RequireScopeLayer::new("profile:read")),
+        )
+        .route(
+            EVENTS,
+            get(events::events).layer(RequireScopeLayer::new("events:read")),
+        )
+        .layer(Extension(streams));
     gw.router(api).layer(cors)
 }
 

@@ -73,3 +73,93 @@ fn the_shipped_configuration_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Reads an event stream until `done` holds for what arrived, or 10 s pass; returns the text.
+async fn read_until(res: &mut reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done(&text) {
+        let chunk = tokio::time::timeout_at(deadline, res.chunk()).await;
+        match chunk {
+            Ok(Ok(Some(bytes))) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => break,
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn events_stream_state_changes_and_heartbeats_and_end_on_drain() {
+    use demo_backends::proto::subscription::CreateSubscriptionRequest;
+    use demo_backends::proto::subscription::subscription_service_client::SubscriptionServiceClient;
+
+    let stack = Stack::start().await;
+    let web = TestBff::start(&bff_web::BFF, &stack, |c| {
+        c.client.events_poll_ms = 100;
+        c.client.events_heartbeat_secs = 1;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let no_scope = stack.user_token("user-0042", "profile:read").await;
+    let res = http
+        .get(format!("{}/api/events", web.url))
+        .bearer_auth(&no_scope)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let token = stack.user_token("user-0042", "events:read").await;
+    let mut res = http
+        .get(format!("{}/api/events", web.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    assert!(
+        res.headers().contains_key("x-ratelimit-remaining"),
+        "same limits as every route"
+    );
+    let first = read_until(&mut res, |t| {
+        t.contains("event: subscription") && t.contains("event: recommendations")
+    })
+    .await;
+    assert!(
+        first.contains("event: subscription") && first.contains("event: recommendations"),
+        "{first}"
+    );
+
+    let heartbeat = read_until(&mut res, |t| t.contains(": heartbeat")).await;
+    assert!(heartbeat.contains(": heartbeat"), "{heartbeat}");
+    assert!(
+        !heartbeat.contains("event: subscription"),
+        "no event without a change: {heartbeat}"
+    );
+
+    let mut grpc = SubscriptionServiceClient::connect(stack.grpc.clone())
+        .await
+        .expect("grpc");
+    let created = grpc
+        .create_subscription(CreateSubscriptionRequest {
+            user_id: "user-0042".into(),
+            plan: "premium".into(),
+            partner_id: "acme".into(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let change = read_until(&mut res, |t| t.contains(&created.id)).await;
+    assert!(
+        change.contains("event: subscription") && change.contains(&created.id),
+        "{change}"
+    );
+
+    web.shutdown();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = res.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream ends when the gateway drains");
+}

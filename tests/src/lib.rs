@@ -225,6 +225,13 @@ pub struct TestBff {
     stop: CancellationToken,
 }
 
+impl TestBff {
+    /// Starts draining it, as SIGTERM would: readiness goes 503, in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+}
+
 impl Drop for TestBff {
     fn drop(&mut self) {
         self.stop.cancel();

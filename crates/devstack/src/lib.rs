@@ -290,7 +290,9 @@ A partner API key for `acme` (standard tier):
 Try:
   curl -i {mobile}/api/v2/user/profile -H \"Authorization: Bearer $TOKEN\"
   curl -i {mobile}/api/home-feed -H \"Authorization: Bearer $TOKEN\"
+  curl -i {mobile}/api/v2/start -H \"Authorization: Bearer $TOKEN\"
   curl -i {web}/api/profile -H \"Authorization: Bearer $TOKEN\"
+  curl -N {web}/api/events -H \"Authorization: Bearer $TOKEN\"
   curl -i {tv}/api/home -H \"Authorization: Bearer $TOKEN\"
   curl -i {partner}/v1/subscriptions -H \"X-Api-Key: $PARTNER_KEY\"
   curl -s {idp}/token -H 'content-type: application/json' -d '{{\"sub\":\"user-0007\",\"scope\":\"profile:read\"}}'

@@ -65,6 +65,7 @@ pub struct Shared<C> {
     /// Edge settings.
     pub edge: edge::Edge,
     ready: AtomicBool,
+    drain: CancellationToken,
 }
 
 impl<C> Deref for Gateway<C> {
@@ -173,6 +174,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             inflight: coalesce::Coalescer::default(),
             config: cfg,
             ready: AtomicBool::new(true),
+            drain: CancellationToken::new(),
         };
         Ok(Gateway {
             inner: Arc::new(shared),
@@ -251,6 +253,13 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     /// Marks the gateway draining: `/readyz` answers 503 from now on.
     pub fn set_draining(&self) {
         self.ready.store(false, Ordering::Relaxed);
+        self.drain.cancel();
+    }
+
+    /// Resolves when the gateway starts draining: long-lived answers (event streams) end then, so
+    /// the drain is not held up by them.
+    pub fn draining(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.drain.clone().cancelled_owned()
     }
 
     /// Serves a cached JSON route: a fresh entry answers at once (`HIT`); otherwise `compute` runs
