@@ -139,3 +139,55 @@ async fn with_one_of_two_instances_killed_no_client_sees_an_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn hedging_hides_a_slow_instance() {
+    let stack = Stack::start().await;
+    let (_, slow, _stop) = Stack::extra_backends().await;
+    let http = reqwest::Client::new();
+    let fault = serde_json::json!({"service": "content", "latency_ms": 400});
+    let res = http
+        .post(format!("{slow}/admin/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .expect("fault");
+    assert!(res.status().is_success());
+    let tv = TestBff::start(&bff_tv::BFF, &stack, |c| {
+        c.cache.enabled = false;
+        let content = c.upstreams.get_mut("content").expect("content");
+        content.instances = vec![slow.clone()];
+        content.hedge_after_ms = Some(50);
+    })
+    .await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    for i in 0..8 {
+        let start = std::time::Instant::now();
+        let res = http
+            .get(format!("{}/api/home", tv.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("home");
+        let elapsed = start.elapsed();
+        assert_eq!(res.status(), StatusCode::OK);
+        // Round robin sends half the calls to the slow instance; the hedge answers them from the
+        // other one long before its 400 ms.
+        assert!(
+            elapsed < Duration::from_millis(350),
+            "call {i}: {elapsed:?}"
+        );
+    }
+    let metrics = http
+        .get(format!("{}/metrics", tv.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("bff_upstream_hedges_total{upstream=\"content\"}"),
+        "{metrics}"
+    );
+}

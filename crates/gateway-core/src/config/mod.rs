@@ -527,6 +527,10 @@ pub struct UpstreamConfig {
     /// the check.
     #[serde(default)]
     pub health_path: Option<String>,
+    /// Hedge idempotent calls: one that has not answered after this many milliseconds is sent to
+    /// a second instance too, and the first answer wins. Off when absent; needs several instances.
+    #[serde(default)]
+    pub hedge_after_ms: Option<u64>,
     /// Calls in flight at most; more are shed at once (`overloaded`). 0: no cap.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: u32,
@@ -583,6 +587,7 @@ impl UpstreamConfig {
             balance: crate::upstream::balance::Balance::RoundRobin,
             health_check_interval_ms: default_health_check_interval(),
             health_path: None,
+            hedge_after_ms: None,
             max_concurrent: default_max_concurrent(),
             retries: default_retries(),
             retry_budget_percent: default_retry_budget_percent(),

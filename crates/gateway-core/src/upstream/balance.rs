@@ -114,6 +114,26 @@ pub(crate) fn pick<'a>(
     }
 }
 
+/// An instance other than `not` for a hedge, healthy if any is; `not` itself when it is alone.
+pub(crate) fn pick_other<'a>(
+    instances: &'a [Arc<Instance>],
+    not: &Arc<Instance>,
+    next: &AtomicUsize,
+) -> &'a Arc<Instance> {
+    // Reads the round-robin position without moving it: moving it here too would make every
+    // first attempt of a hedged upstream land on the same instance.
+    let start = next.load(Ordering::Relaxed);
+    let others = || {
+        (0..instances.len())
+            .map(|i| &instances[(start + i) % instances.len()])
+            .filter(|i| !Arc::ptr_eq(i, not))
+    };
+    others()
+        .find(|i| i.is_healthy())
+        .or_else(|| others().next())
+        .unwrap_or(&instances[0])
+}
+
 /// Checks every instance each `every`: `GET {base}{path}` answering 2xx when a path is set,
 /// otherwise a TCP connection. The task ends when the upstream is dropped.
 pub(crate) fn spawn_health_checks(

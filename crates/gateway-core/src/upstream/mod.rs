@@ -84,12 +84,22 @@ pub struct Upstream {
     in_flight: Option<Arc<tokio::sync::Semaphore>>,
     retries: u32,
     retry_budget: TpsBudget,
+    hedge_after: Option<Duration>,
 }
 
 impl Upstream {
     /// Runs one call (made by `make` for the instance picked) through the circuit breaker:
     /// refused at once while the circuit is open; its outcome feeds the breaker. Not retried.
     pub async fn call<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
+    where
+        F: FnOnce(Arc<Instance>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
+        self.call_on(instance, make).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, instance: Arc<Instance>, make: F) -> Result<T, UpstreamError>
     where
         F: FnOnce(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
@@ -103,7 +113,6 @@ impl Upstream {
             })?),
             None => None,
         };
-        let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
         let _inflight = instance.enter();
         let call = make(instance.clone());
         let permit = self.breaker.try_acquire()?;
@@ -126,16 +135,16 @@ impl Upstream {
     /// backoff, as long as the upstream's retry budget allows, so retries can never multiply the
     /// load of an upstream that is already failing. Timeouts are not retried: the part's deadline
     /// is spent. Not for writes.
-    pub async fn call_idempotent<T, F, Fut>(&self, mut make: F) -> Result<T, UpstreamError>
+    pub async fn call_idempotent<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
     where
-        F: FnMut(Arc<Instance>) -> Fut,
+        F: Fn(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         self.retry_budget.deposit();
         let mut attempt = 0u32;
         loop {
             // Each attempt picks again, so a retry tends to land on another instance.
-            let result = self.call(&mut make).await;
+            let result = self.hedged(&make).await;
             if !matches!(result, Err(UpstreamError::Failed(_)))
                 || attempt >= self.retries
                 || !self.retry_budget.withdraw()
@@ -148,6 +157,38 @@ impl Upstream {
             // Full jitter over an exponential ceiling: 10 ms, 20 ms, 40 ms, ...
             let ceiling = RETRY_BASE.saturating_mul(1 << attempt.min(6));
             tokio::time::sleep(ceiling.mul_f64(rand::random::<f64>())).await;
+        }
+    }
+
+    /// One attempt, hedged: if it has not answered after `hedge_after`, a second goes to another
+    /// instance (budget permitting) and the first answer wins; the other is dropped, which
+    /// cancels it.
+    async fn hedged<T, F, Fut>(&self, make: &F) -> Result<T, UpstreamError>
+    where
+        F: Fn(Arc<Instance>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let Some(delay) = self.hedge_after.filter(|_| self.instances.len() > 1) else {
+            return self.call(make).await;
+        };
+        let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
+        let other = balance::pick_other(&self.instances, &instance, &self.next).clone();
+        let first = self.call_on(instance, make);
+        tokio::pin!(first);
+        tokio::select! {
+            result = &mut first => return result,
+            () = tokio::time::sleep(delay) => {}
+        }
+        if !self.retry_budget.withdraw() {
+            return first.await;
+        }
+        metrics::counter!("bff_upstream_hedges_total", "upstream" => self.name.clone())
+            .increment(1);
+        let second = self.call_on(other, make);
+        tokio::pin!(second);
+        tokio::select! {
+            result = &mut first => result,
+            result = &mut second => result,
         }
     }
 
@@ -261,6 +302,7 @@ impl Upstreams {
                     }),
                     in_flight: (c.max_concurrent > 0)
                         .then(|| Arc::new(tokio::sync::Semaphore::new(c.max_concurrent as usize))),
+                    hedge_after: c.hedge_after_ms.map(Duration::from_millis),
                     retries: c.retries,
                     retry_budget: TpsBudget::new(
                         Duration::from_secs(10),
