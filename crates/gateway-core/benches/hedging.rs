@@ -22,7 +22,7 @@ async fn instance(slow_every: u64) -> String {
         get(move || {
             let n = n.fetch_add(1, Ordering::Relaxed);
             async move {
-                let ms = if slow_every > 0 && n % slow_every == 0 {
+                let ms = if slow_every > 0 && n.is_multiple_of(slow_every) {
                     50
                 } else {
                     1
