@@ -224,6 +224,40 @@ pub async fn check_path(State(max_uri_bytes): State<usize>, req: Request, next: 
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn forged_identity_headers_never_reach_a_handler() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+        // The handler answers with every identity header it can see.
+        let app = axum::Router::new()
+            .route(
+                "/",
+                get(|headers: axum::http::HeaderMap| async move {
+                    IDENTITY_HEADERS
+                        .iter()
+                        .filter(|h| headers.contains_key(**h))
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                Edge::default(),
+                hygiene,
+            ));
+        let mut req = Request::new(axum::body::Body::empty());
+        for h in IDENTITY_HEADERS {
+            req.headers_mut()
+                .insert(h, HeaderValue::from_static("user-0001"));
+        }
+        let res = app.oneshot(req).await.expect("response");
+        assert!(res.headers().contains_key(&REQUEST_ID));
+        let body = axum::body::to_bytes(res.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(body, "", "identity headers that reached the handler");
+    }
+
     #[test]
     fn continues_a_valid_traceparent() {
         let v = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
