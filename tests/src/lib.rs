@@ -145,10 +145,15 @@ impl Stack {
 
     /// Creates a partner key through the identity provider's HTTP API.
     pub async fn partner_key(&self, partner: &str) -> String {
+        self.partner_key_pinned(partner, None).await
+    }
+
+    /// Creates a partner key pinned to an API version (`None`: unpinned).
+    pub async fn partner_key_pinned(&self, partner: &str, version: Option<&str>) -> String {
         let res: Value = self
             .http
             .post(format!("{}/partner-keys", self.idp))
-            .json(&json!({"partner": partner}))
+            .json(&json!({"partner": partner, "version": version}))
             .send()
             .await
             .expect("POST /partner-keys")

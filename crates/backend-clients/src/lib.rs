@@ -200,12 +200,20 @@ pub async fn list_subscriptions(
     }))
 }
 
-/// `SubscriptionService.CreateSubscription`. Not idempotent: callers must never retry it blindly.
+/// `SubscriptionService.CreateSubscription` for `user_id` on `plan`, made through `partner_id`.
+/// Not idempotent: callers must never retry it blindly.
 pub async fn create_subscription(
     up: Arc<Upstream>,
     ctx: CallContext,
-    req: CreateSubscriptionRequest,
+    user_id: String,
+    plan: String,
+    partner_id: String,
 ) -> Result<Value, UpstreamError> {
+    let req = CreateSubscriptionRequest {
+        user_id,
+        plan,
+        partner_id,
+    };
     let s = up
         .call(|instance| {
             let mut client = SubscriptionServiceClient::new(instance.channel());

@@ -101,6 +101,23 @@ pub enum GatewayError {
         /// What is wrong, for a human.
         detail: String,
     },
+    /// 422: the request is well-formed but cannot be processed as sent (an unknown user, an
+    /// idempotency key reused with another body).
+    #[error("unprocessable: {detail}")]
+    Unprocessable {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is wrong, for a human.
+        detail: String,
+    },
+    /// 409: the request conflicts with one in progress (a duplicate still being processed).
+    #[error("conflict: {detail}")]
+    Conflict {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is wrong, for a human.
+        detail: String,
+    },
     /// 426: the client app is older than the configured minimum version.
     #[error("client version below {minimum}")]
     UpgradeRequired {
@@ -110,6 +127,9 @@ pub enum GatewayError {
     /// 414: the request target is longer than the configured limit.
     #[error("URI too long")]
     UriTooLong,
+    /// 415: the request body is not in a media type the route accepts (JSON).
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// 413: the request body is larger than the configured limit.
     #[error("payload too large")]
     PayloadTooLarge,
@@ -136,8 +156,11 @@ impl GatewayError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::UpgradeRequired { .. } => StatusCode::UPGRADE_REQUIRED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -155,9 +178,12 @@ impl GatewayError {
             Self::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
-            Self::BadRequest { code, .. } => code,
+            Self::BadRequest { code, .. }
+            | Self::Unprocessable { code, .. }
+            | Self::Conflict { code, .. } => code,
             Self::UpgradeRequired { .. } => "CLIENT_VERSION_UNSUPPORTED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType => "BODY_NOT_JSON",
             Self::UriTooLong => "URI_TOO_LONG",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
@@ -184,11 +210,16 @@ impl GatewayError {
             Self::UpstreamTimeout(part) => format!("The `{part}` service did not answer in time."),
             Self::NotFound(what) => format!("No {what} here."),
             Self::MethodNotAllowed => "This method is not allowed on this path.".to_owned(),
-            Self::BadRequest { detail, .. } => detail.clone(),
+            Self::BadRequest { detail, .. }
+            | Self::Unprocessable { detail, .. }
+            | Self::Conflict { detail, .. } => detail.clone(),
             Self::UpgradeRequired { minimum } => {
                 format!("This app version is no longer supported; update to {minimum} or later.")
             }
             Self::PayloadTooLarge => "The request body is larger than this API accepts.".to_owned(),
+            Self::UnsupportedMediaType => {
+                "Send the body as JSON with `Content-Type: application/json`.".to_owned()
+            }
             Self::UriTooLong => "The request target is longer than this API accepts.".to_owned(),
             Self::Unavailable => "The service is temporarily unavailable.".to_owned(),
             Self::Internal => "An internal error occurred.".to_owned(),
@@ -251,7 +282,10 @@ impl IntoResponse for GatewayError {
             Self::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
-            Self::LimiterUnavailable | Self::KeysUnavailable | Self::Unavailable => {
+            Self::LimiterUnavailable
+            | Self::KeysUnavailable
+            | Self::Unavailable
+            | Self::Conflict { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             _ => {}

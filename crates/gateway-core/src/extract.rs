@@ -22,10 +22,9 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(GatewayError::BadRequest {
-                code: "BODY_NOT_JSON",
-                detail: "Send the body as JSON with `Content-Type: application/json`.".into(),
-            }),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(GatewayError::UnsupportedMediaType)
+            }
             Err(JsonRejection::JsonDataError(e)) => Err(GatewayError::BadRequest {
                 code: "BODY_INVALID",
                 detail: e.body_text().replace(

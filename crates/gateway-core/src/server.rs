@@ -26,6 +26,7 @@ use crate::auth::{self, Authenticator};
 use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache, coalesce};
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
+use crate::idempotency::Idempotency;
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
 use crate::store::Redis;
 use crate::upstream::{Deadline, Upstreams};
@@ -56,6 +57,8 @@ pub struct Shared<C> {
     pub limiter: Arc<RateLimiter>,
     /// Response cache.
     pub cache: ResponseCache,
+    /// Idempotency records of writes.
+    pub idempotency: Idempotency,
     /// Backends.
     pub upstreams: Upstreams,
     /// Shared Redis, when configured.
@@ -168,6 +171,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
                 &upstreams,
             )),
             cache: ResponseCache::new(self.bff, &cfg.cache, Some(cache_store)),
+            idempotency: Idempotency::new(&cfg.idempotency, redis.as_ref()),
             upstreams,
             redis,
             edge,
@@ -195,6 +199,16 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     /// 5. rate limit: after authentication, before any cache or upstream work;
     /// 6. the route: cache lookup, fan-out, shaping.
     pub fn router(&self, api: Router<Gateway<C>>) -> Router {
+        self.router_with_public(api, Router::new())
+    }
+
+    /// As [`Gateway::router`], plus `public` routes that skip authentication and rate limits
+    /// (an API description, say) but get everything else: edge hygiene, access log, bounds.
+    pub fn router_with_public(
+        &self,
+        api: Router<Gateway<C>>,
+        public: Router<Gateway<C>>,
+    ) -> Router {
         let api = api
             .with_state(self.clone())
             .layer(middleware::from_fn_with_state(
@@ -209,6 +223,7 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz::<C>))
             .route("/metrics", get(metrics))
+            .merge(public)
             .with_state(self.clone());
         let routed = ops
             .merge(api)

@@ -138,7 +138,7 @@ impl FanOut {
                     return Err(match err {
                         UpstreamError::Timeout => GatewayError::UpstreamTimeout(name.to_owned()),
                         UpstreamError::NotFound => GatewayError::NotFound(name.to_owned()),
-                        UpstreamError::Rejected(_) => GatewayError::BadRequest {
+                        UpstreamError::Rejected(_) => GatewayError::Unprocessable {
                             code: "REQUEST_REJECTED",
                             detail: format!("The `{name}` service refused the request as invalid."),
                         },

@@ -81,6 +81,9 @@ pub struct Config<C> {
     /// Response cache.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Idempotency records of writes (`Idempotency-Key`).
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
     /// Backends this BFF calls, by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
@@ -115,6 +118,7 @@ impl<C: Default> Config<C> {
             redis: RedisConfig::default(),
             ratelimit: RateLimitConfig::default(),
             cache: CacheConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             upstreams: BTreeMap::new(),
             client: C::default(),
         }
@@ -491,6 +495,36 @@ impl Default for CacheConfig {
             max_entries: DEFAULT_CACHE_MAX_ENTRIES,
             timeout_ms: DEFAULT_CACHE_TIMEOUT_MS,
             ttl_secs: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[idempotency]`: how writes sent with an `Idempotency-Key` are remembered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// How long a completed write's answer is kept for replay, in seconds.
+    pub ttl_secs: u64,
+    /// How long a write in progress holds its key, in milliseconds. A gateway that dies mid-write
+    /// frees the key after this.
+    pub lock_ms: u64,
+    /// How long a concurrent duplicate waits for the first request's answer before it is refused
+    /// with 409, in milliseconds.
+    pub wait_ms: u64,
+    /// Bound on records held in memory (without Redis).
+    pub max_entries: u64,
+    /// Bound on one operation against the shared store, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 86_400,
+            lock_ms: 30_000,
+            wait_ms: 10_000,
+            max_entries: 100_000,
+            timeout_ms: 250,
         }
     }
 }
@@ -880,6 +914,24 @@ where
         }
         if self.ratelimit.max_keys == 0 {
             return bad("ratelimit.max_keys".into(), "must be > 0", "0".into());
+        }
+        for (key, value) in [
+            ("idempotency.ttl_secs", self.idempotency.ttl_secs),
+            ("idempotency.lock_ms", self.idempotency.lock_ms),
+            ("idempotency.wait_ms", self.idempotency.wait_ms),
+            ("idempotency.max_entries", self.idempotency.max_entries),
+            ("idempotency.timeout_ms", self.idempotency.timeout_ms),
+        ] {
+            if value == 0 {
+                return bad(key.into(), "must be > 0", "0".into());
+            }
+        }
+        if self.idempotency.wait_ms >= self.idempotency.lock_ms {
+            return bad(
+                "idempotency.wait_ms".into(),
+                "must be shorter than idempotency.lock_ms",
+                self.idempotency.wait_ms.to_string(),
+            );
         }
         if self.cache.max_entries == 0 {
             return bad("cache.max_entries".into(), "must be > 0", "0".into());
