@@ -136,18 +136,24 @@ pub struct ListQuery {
     page_token: Option<String>,
 }
 
+/// The version this document describes. Older versions (`2024-01-01`, `2024-09-01`) are accepted
+/// too, with the shapes the README lists; each has its own shapes, so a document per version would
+/// describe them, and this one describes only the current.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub enum PartnerVersion {
+    /// The current version.
+    #[serde(rename = "2025-06-01")]
+    V20250601,
+}
+
 /// The request's `Partner-Version` header, documented on every operation.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 struct VersionHeader {
     /// API version of the request and its answer; the key's pinned version when absent.
-    #[param(
-        rename = "Partner-Version",
-        pattern = r"^\d{4}-\d{2}-\d{2}$",
-        example = "2025-06-01"
-    )]
-    partner_version: Option<String>,
+    #[param(rename = "Partner-Version", inline, required = false)]
+    partner_version: PartnerVersion,
 }
 
 /// The `Idempotency-Key` header every `POST` requires.
@@ -213,7 +219,15 @@ pub async fn list_subscriptions(
         budget,
         backends::list_subscriptions(sub, ctx, partner, page_size, token),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        // The only thing in a list request the backend can refuse is the page token.
+        GatewayError::Unprocessable { .. } => GatewayError::BadRequest {
+            code: "QUERY_INVALID",
+            detail: "`page_token` is not valid.".into(),
+        },
+        other => other,
+    })?;
     let data = list["subscriptions"]
         .as_array()
         .map(|items| items.iter().map(current).collect::<Result<Vec<_>, _>>())
@@ -487,5 +501,26 @@ impl Modify for Security {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_the_current_version() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("json");
+        assert_eq!(doc["info"]["version"], Version::CURRENT.as_str());
+        let documented = serde_json::json!([Version::CURRENT.as_str()]);
+        let header = doc["paths"]["/v1/subscriptions"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|p| p["name"] == "Partner-Version")
+            .expect("Partner-Version documented")
+            .clone();
+        assert_eq!(header["required"], false);
+        assert_eq!(header["schema"]["enum"], documented, "{header}");
     }
 }

@@ -209,3 +209,90 @@ async fn a_quota_caps_what_the_rate_admits_in_memory_and_in_redis() {
         );
     }
 }
+
+/// Three partner gateways on one Redis share idempotency records: a retry sent to another
+/// instance gets the stored answer, 20 concurrent duplicates spread over all three write once, and
+/// with Redis unreachable a write answers 503 rather than risk writing twice.
+#[tokio::test]
+async fn three_partner_instances_share_idempotency_records() {
+    let Some(redis) = RedisServer::start("three_partner_instances_share_idempotency_records")
+    else {
+        return;
+    };
+    let stack = Stack::start().await;
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(
+            TestBff::start(&bff_partner::BFF, &stack, |c| {
+                c.redis.url = Some(redis.url.clone());
+                // Limits fail open here, so what a Redis outage does to writes shows on its own.
+                c.ratelimit.failure_mode = gateway_core::config::FailureMode::FailOpen;
+                c.ratelimit.policies.insert(
+                    "standard".into(),
+                    PolicyConfig {
+                        algorithm: Algorithm::Gcra,
+                        burst: Some(1_000),
+                        ..PolicyConfig::per_minute(60_000)
+                    },
+                );
+            })
+            .await,
+        );
+    }
+    let key = stack.partner_key("acme").await;
+    let http = reqwest::Client::new();
+    let creates = || async {
+        stack.hits().await["subscription_create"]
+            .as_u64()
+            .expect("count")
+    };
+    let post = |i: usize, idem: &'static str, plan: &'static str| {
+        http.post(format!("{}/v1/subscriptions", instances[i % 3].url))
+            .header("x-api-key", &key)
+            .header("idempotency-key", idem)
+            .json(&serde_json::json!({"user_id": "user-0300", "plan": plan}))
+            .send()
+    };
+    let before = creates().await;
+
+    let first = post(0, "shared-1", "basic").await.expect("post");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: serde_json::Value = first.json().await.expect("json");
+    let retry = post(1, "shared-1", "basic").await.expect("post");
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        retry.json::<serde_json::Value>().await.expect("json"),
+        first
+    );
+    let reused = post(2, "shared-1", "premium").await.expect("post");
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(creates().await - before, 1);
+
+    stack.fault("subscription", 150, 0.0).await;
+    let answers = futures::future::join_all((0..20).map(|i| post(i, "shared-2", "standard"))).await;
+    let bodies: Vec<serde_json::Value> = futures::future::join_all(answers.into_iter().map(|r| {
+        let r = r.expect("post");
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json()
+    }))
+    .await
+    .into_iter()
+    .map(|b| b.expect("json"))
+    .collect();
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "one answer for all");
+    assert_eq!(creates().await - before, 2, "20 duplicates, one write");
+    stack.reset().await;
+
+    redis.freeze();
+    let res = post(0, "shared-3", "basic").await.expect("post");
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    redis.thaw();
+    assert_eq!(
+        creates().await - before,
+        2,
+        "nothing written without a record"
+    );
+    let res = post(0, "shared-3", "basic").await.expect("post");
+    assert_eq!(res.status(), StatusCode::CREATED, "recovered");
+}

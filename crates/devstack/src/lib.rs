@@ -295,6 +295,7 @@ Try:
   curl -N {web}/api/events -H \"Authorization: Bearer $TOKEN\"
   curl -i {tv}/api/home -H \"Authorization: Bearer $TOKEN\"
   curl -i {partner}/v1/subscriptions -H \"X-Api-Key: $PARTNER_KEY\"
+  curl -i {partner}/v1/subscriptions -H \"X-Api-Key: $PARTNER_KEY\" -H 'Idempotency-Key: demo-1' -H 'content-type: application/json' -d '{{\"user_id\":\"user-0042\",\"plan\":\"premium\"}}'
   curl -s {idp}/token -H 'content-type: application/json' -d '{{\"sub\":\"user-0007\",\"scope\":\"profile:read\"}}'
   curl -s {rest}/admin/faults -H 'content-type: application/json' -d '{{\"service\":\"subscription\",\"latency_ms\":2000}}'
 
