@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::middleware;
 use axum::routing::get;
 use backend_clients as backends;
-use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
+use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL, ProxyConfig};
 use gateway_core::{
     ApiResponse, CallContext, FanOut, Gateway, GatewayError, Gathered, Need, RequireScopeLayer,
     Shaped,
@@ -70,13 +70,22 @@ const START: &str = "/api/v2/start";
 
 /// Built-in defaults: port 8081, devstack's identity provider and backends.
 pub fn defaults() -> Config<MobileClient> {
-    Config::local(8081, "bff-mobile")
+    let mut cfg = Config::local(8081, "bff-mobile")
         .upstream("user", DEV_GRPC_URL, 800)
         .upstream("subscription", DEV_GRPC_URL, 300)
         .upstream("preferences", DEV_GRPC_URL, 300)
         .upstream("content", DEV_REST_URL, 500)
         .upstream("ads", DEV_REST_URL, 250)
-        .upstream("recommendations", DEV_REST_URL, 400)
+        .upstream("recommendations", DEV_REST_URL, 400);
+    // The content service's public catalogue, passed through as it is.
+    cfg.proxy.push(ProxyConfig {
+        prefix: "/api/catalog".into(),
+        upstream: "content".into(),
+        rewrite: Some("/catalog".into()),
+        scopes: vec!["feed:read".into()],
+        methods: vec!["GET".into(), "HEAD".into(), "POST".into()],
+    });
+    cfg
 }
 
 type Gw = Gateway<MobileClient>;

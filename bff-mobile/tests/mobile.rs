@@ -496,3 +496,122 @@ async fn the_start_screen_is_one_call_of_six_parallel_parts() {
         "both scopes are required"
     );
 }
+
+/// `/api/catalog/*` is passed through to the content service's public catalogue, under the same
+/// authentication, scopes and limits, with the gateway's headers and none of the client's
+/// credentials or forged claims.
+#[tokio::test]
+async fn the_catalog_is_passed_through_under_auth_and_limits() {
+    let (stack, bff, token) = setup().await;
+    let http = reqwest::Client::new();
+
+    let res = get(&bff, "/api/catalog/items/item-018", &token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers().contains_key("x-ratelimit-limit"),
+        "limits apply"
+    );
+    assert!(!res.headers().contains_key("server"));
+    let item: Value = res.json().await.expect("json");
+    assert_eq!(item["id"], "item-018");
+    assert!(item.get("internal_cost_cents").is_none(), "{item}");
+
+    // A client's traceparent reaches the backend; its forged identity does not.
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = http
+        .get(format!("{}/api/catalog/items?limit=2&offset=3", bff.url))
+        .bearer_auth(&token)
+        .header("traceparent", trace)
+        .header("x-user-id", "someone-else")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(res.status(), StatusCode::OK);
+    let page: Value = res.json().await.expect("json");
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(2),
+        "query kept"
+    );
+    let seen: Value = http
+        .get(format!("{}/admin/last-identity", stack.rest))
+        .send()
+        .await
+        .expect("identity")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen["content"], "user-0042");
+    let traces: Value = http
+        .get(format!("{}/admin/last-traceparent", stack.rest))
+        .send()
+        .await
+        .expect("traces")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        traces["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("4bf92f3577b34da6a3ce929d0e0e4736")),
+        "{traces}"
+    );
+
+    // A request body is streamed through.
+    let res = http
+        .post(format!("{}/api/catalog/search", bff.url))
+        .bearer_auth(&token)
+        .json(&json!({"query": "kingdom", "limit": 3}))
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(res.status(), StatusCode::OK);
+    let found: Value = res.json().await.expect("json");
+    assert_eq!(found["query"], "kingdom");
+    assert!(
+        found["items"].as_array().is_some_and(|i| !i.is_empty()),
+        "{found}"
+    );
+
+    // The backend's own errors pass through; the route's rules are the gateway's.
+    let res = get(&bff, "/api/catalog/items/item-999999", &token).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let res = http
+        .delete(format!("{}/api/catalog/items/item-018", bff.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let res = get(&bff, "/api/catalogue", &token).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "prefixes end on a segment"
+    );
+    let res = http
+        .get(format!("{}/api/catalog/items/item-018", bff.url))
+        .send()
+        .await
+        .expect("anonymous");
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let profile_only = stack.user_token("user-0042", "profile:read").await;
+    let res = get(&bff, "/api/catalog/items/item-018", &profile_only).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_dead_catalog_backend_is_a_502_problem() {
+    let stack = Stack::start().await;
+    let dead = format!("http://127.0.0.1:{}", bff_tests::free_port());
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.upstreams.get_mut("content").expect("content").url = dead;
+    })
+    .await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    let res = get(&bff, "/api/catalog/items/item-018", &token).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["code"], "UPSTREAM_ERROR");
+    assert!(!body.to_string().contains("127.0.0.1"), "{body}");
+}

@@ -89,7 +89,11 @@ pub(crate) fn router(state: AppState) -> Router {
     let content = Router::new()
         .route("/content/items", get(items))
         .route("/content/items/{id}", get(item))
-        .route("/content/lists/{list}", get(list));
+        .route("/content/lists/{list}", get(list))
+        // The public catalogue: no internal fields, fit to be proxied to clients as it is.
+        .route("/catalog/items", get(catalog_items))
+        .route("/catalog/items/{id}", get(catalog_item))
+        .route("/catalog/search", post(catalog_search));
     Router::new()
         .merge(service(Service::Content, content))
         .merge(service(Service::Ads, Router::new().route("/ads", get(ads))))
@@ -186,6 +190,80 @@ async fn item(
         Some(item) => Ok(Json(item).into_response()),
         None => Err(ApiError::not_found(format!("item {id} not found"))),
     }
+}
+
+/// An item of the public catalogue: every field but the internal ones.
+fn public_item(item: &Item) -> serde_json::Value {
+    let mut v = serde_json::to_value(item).unwrap_or_default();
+    if let Some(fields) = v.as_object_mut() {
+        fields.retain(|k, _| !k.starts_with("internal_"));
+    }
+    v
+}
+
+/// `GET /catalog/items?limit=&offset=`: a page of the public catalogue.
+async fn catalog_items(
+    State(state): State<AppState>,
+    query: Result<Query<ItemsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_ITEMS_LIMIT)
+        .min(MAX_ITEMS_LIMIT);
+    let all = state.catalogue.items();
+    let items: Vec<_> = all
+        .iter()
+        .skip(query.offset.unwrap_or(0))
+        .take(limit)
+        .map(public_item)
+        .collect();
+    Ok(Json(json!({ "items": items, "total": all.len() })).into_response())
+}
+
+/// `GET /catalog/items/{id}`: one item of the public catalogue.
+async fn catalog_item(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id?;
+    match state.catalogue.item(&id) {
+        Some(item) => Ok(Json(public_item(item)).into_response()),
+        None => Err(ApiError::not_found(format!("item {id} not found"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchRequest {
+    /// Words to find in titles, case-insensitive.
+    query: String,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `POST /catalog/search` `{"query", "limit"?}`: items whose title contains the query.
+async fn catalog_search(
+    State(state): State<AppState>,
+    body: Result<Json<SearchRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let needle = req.query.to_lowercase();
+    if needle.is_empty() || needle.len() > 200 {
+        return Err(ApiError::bad_request("query must be 1 to 200 characters"));
+    }
+    let limit = req
+        .limit
+        .unwrap_or(DEFAULT_ITEMS_LIMIT)
+        .min(MAX_ITEMS_LIMIT);
+    let items: Vec<_> = state
+        .catalogue
+        .items()
+        .iter()
+        .filter(|i| i.title.to_lowercase().contains(&needle))
+        .take(limit)
+        .map(public_item)
+        .collect();
+    Ok(Json(json!({ "query": req.query, "items": items })).into_response())
 }
 
 async fn list(

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
@@ -27,9 +27,10 @@ use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache, c
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
 use crate::idempotency::Idempotency;
+use crate::proxy::ProxyRoute;
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
 use crate::store::Redis;
-use crate::upstream::{Deadline, Upstreams};
+use crate::upstream::{CallContext, Deadline, Upstreams};
 use crate::{edge, telemetry};
 
 /// One BFF's machinery, shared by all its handlers. Cheap to clone.
@@ -59,6 +60,8 @@ pub struct Shared<C> {
     pub cache: ResponseCache,
     /// Idempotency records of writes.
     pub idempotency: Idempotency,
+    /// Pass-through routes.
+    pub proxies: Vec<Arc<ProxyRoute>>,
     /// Backends.
     pub upstreams: Upstreams,
     /// Shared Redis, when configured.
@@ -152,6 +155,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             None => Arc::new(MemoryCache::new(cfg.cache.max_entries)),
         };
         let upstreams = Upstreams::new(&cfg.upstreams)?;
+        let proxies = ProxyRoute::resolve(&cfg.proxy, &upstreams, cfg.server.body_limit_bytes)?;
         let trusted = cfg
             .server
             .trusted_proxies
@@ -172,6 +176,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             )),
             cache: ResponseCache::new(self.bff, &cfg.cache, Some(cache_store)),
             idempotency: Idempotency::new(&cfg.idempotency, redis.as_ref()),
+            proxies,
             upstreams,
             redis,
             edge,
@@ -209,6 +214,16 @@ impl<C: Send + Sync + 'static> Gateway<C> {
         api: Router<Gateway<C>>,
         public: Router<Gateway<C>>,
     ) -> Router {
+        let mut api = api;
+        for route in &self.proxies {
+            let handler = {
+                let route = route.clone();
+                move |ctx: CallContext, req: Request| async move { route.forward(ctx, req).await }
+            };
+            api = api
+                .route(&route.prefix, any(handler.clone()))
+                .route(&format!("{}/{{*rest}}", route.prefix), any(handler));
+        }
         let api = api
             .with_state(self.clone())
             .layer(middleware::from_fn_with_state(

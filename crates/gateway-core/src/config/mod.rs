@@ -87,6 +87,9 @@ pub struct Config<C> {
     /// Backends this BFF calls, by name.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Pass-through routes: path prefixes proxied to one upstream.
+    #[serde(default)]
+    pub proxy: Vec<ProxyConfig>,
     /// Settings only this BFF understands.
     #[serde(default)]
     pub client: C,
@@ -120,6 +123,7 @@ impl<C: Default> Config<C> {
             cache: CacheConfig::default(),
             idempotency: IdempotencyConfig::default(),
             upstreams: BTreeMap::new(),
+            proxy: Vec::new(),
             client: C::default(),
         }
     }
@@ -497,6 +501,31 @@ impl Default for CacheConfig {
             ttl_secs: BTreeMap::new(),
         }
     }
+}
+
+/// One `[[proxy]]`: requests at `prefix` or below it, forwarded to an upstream as they are
+/// (streamed both ways), after authentication, scopes and rate limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Path prefix, matched on segment boundaries: `/api/catalog` takes `/api/catalog` and
+    /// `/api/catalog/...`, not `/api/catalogue`.
+    pub prefix: String,
+    /// Name of the `[upstreams.NAME]` (HTTP) that answers.
+    pub upstream: String,
+    /// Replaces `prefix` in the forwarded path; the prefix is kept when absent.
+    #[serde(default)]
+    pub rewrite: Option<String>,
+    /// Scopes the caller must hold, all of them.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Methods forwarded; others answer 405.
+    #[serde(default = "default_proxy_methods")]
+    pub methods: Vec<String>,
+}
+
+fn default_proxy_methods() -> Vec<String> {
+    vec!["GET".to_owned(), "HEAD".to_owned()]
 }
 
 /// `[idempotency]`: how writes sent with an `Idempotency-Key` are remembered.
@@ -936,6 +965,7 @@ where
         if self.cache.max_entries == 0 {
             return bad("cache.max_entries".into(), "must be > 0", "0".into());
         }
+        self.validate_proxies()?;
         for (name, up) in &self.upstreams {
             if !up.url.starts_with("http://") && !up.url.starts_with("https://") {
                 return bad(
@@ -989,6 +1019,58 @@ where
                     "must be > 0",
                     "0".into(),
                 );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<C> Config<C> {
+    fn validate_proxies(&self) -> Result<(), ConfigError> {
+        let bad = |i: usize, key: &str, rule: &str, got: &str| {
+            Err(ConfigError(format!("proxy[{i}].{key} {rule}, got {got:?}")))
+        };
+        let path_ok = |p: &str| {
+            p.starts_with('/')
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b))
+                && !p.split('/').any(|seg| seg == "." || seg == "..")
+                && !p.contains("//")
+        };
+        for (i, p) in self.proxy.iter().enumerate() {
+            if !path_ok(&p.prefix) || p.prefix.len() < 2 || p.prefix.ends_with('/') {
+                return bad(
+                    i,
+                    "prefix",
+                    "must be a path like /api/catalog (no trailing /, no dot segments)",
+                    &p.prefix,
+                );
+            }
+            if self.proxy[..i].iter().any(|q| q.prefix == p.prefix) {
+                return bad(i, "prefix", "is declared twice", &p.prefix);
+            }
+            if !self.upstreams.contains_key(&p.upstream) {
+                return bad(i, "upstream", "must name an [upstreams.NAME]", &p.upstream);
+            }
+            if let Some(r) = &p.rewrite
+                && !path_ok(r)
+            {
+                return bad(i, "rewrite", "must be a path starting with /", r);
+            }
+            if p.methods.is_empty() {
+                return bad(i, "methods", "must name at least one method", "[]");
+            }
+            for m in &p.methods {
+                if axum::http::Method::from_bytes(m.as_bytes()).is_err()
+                    || m.bytes().any(|b| b.is_ascii_lowercase())
+                {
+                    return bad(i, "methods", "must be upper-case HTTP methods", m);
+                }
+            }
+            for scope in &p.scopes {
+                if scope.is_empty() || scope.contains(char::is_whitespace) {
+                    return bad(i, "scopes", "must be non-empty names", scope);
+                }
             }
         }
         Ok(())

@@ -184,3 +184,36 @@ fn the_verified_token_cache_can_be_sized_or_disabled() {
         DEFAULT_VERIFIED_CACHE_MAX_ENTRIES
     );
 }
+
+#[test]
+fn proxy_routes_are_checked_and_named() {
+    let route = |body: &str| format!("[[proxy]]\nupstream = \"user\"\n{body}\n");
+    let ok = load_with(
+        &route("prefix = \"/api/catalog\"\nrewrite = \"/catalog\"\nmethods = [\"GET\", \"POST\"]"),
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(ok.proxy[0].methods, ["GET", "POST"]);
+    let defaulted = load_with(&route("prefix = \"/x\""), &[]).expect("valid");
+    assert_eq!(defaulted.proxy[0].methods, ["GET", "HEAD"]);
+    for (body, named) in [
+        ("prefix = \"api\"", "proxy[0].prefix"),
+        ("prefix = \"/api/\"", "proxy[0].prefix"),
+        ("prefix = \"/api/../admin\"", "proxy[0].prefix"),
+        ("prefix = \"/api/%2e\"", "proxy[0].prefix"),
+        ("prefix = \"/\"", "proxy[0].prefix"),
+        ("prefix = \"/a\"\nrewrite = \"b\"", "proxy[0].rewrite"),
+        ("prefix = \"/a\"\nmethods = [\"get\"]", "proxy[0].methods"),
+        ("prefix = \"/a\"\nmethods = []", "proxy[0].methods"),
+        ("prefix = \"/a\"\nscopes = [\"a b\"]", "proxy[0].scopes"),
+    ] {
+        let err = load_with(&route(body), &[]).expect_err(body);
+        assert!(err.contains(named), "{body}: {err}");
+    }
+    let err = load_with("[[proxy]]\nprefix = \"/a\"\nupstream = \"nope\"\n", &[])
+        .expect_err("unknown upstream");
+    assert!(err.contains("proxy[0].upstream"), "{err}");
+    let twice = format!("{}{}", route("prefix = \"/a\""), route("prefix = \"/a\""));
+    let err = load_with(&twice, &[]).expect_err("twice");
+    assert!(err.contains("proxy[1].prefix"), "{err}");
+}

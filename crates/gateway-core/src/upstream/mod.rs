@@ -16,6 +16,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 
 pub mod balance;
 pub mod breaker;
+mod forward;
 
 use crate::auth::{Principal, PrincipalKind};
 use crate::config::{ConfigError, UpstreamConfig};
@@ -402,7 +403,7 @@ impl CallContext {
     }
 
     /// The headers (or metadata) a backend call carries.
-    fn headers(&self, timeout: Duration) -> Vec<(&'static str, HeaderValue)> {
+    pub(crate) fn headers(&self, timeout: Duration) -> Vec<(&'static str, HeaderValue)> {
         let mut out = Vec::with_capacity(7);
         if let Some(p) = &self.principal {
             let id_header = match p.kind {

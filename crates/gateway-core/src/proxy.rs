@@ -1,0 +1,283 @@
+//! Pass-through routes (`[[proxy]]`): a path prefix forwarded to one upstream as it is, the way
+//! Kong or Envoy route, under the same authentication, scopes, rate limits and edge hygiene as
+//! every other route.
+//!
+//! Bodies are streamed both ways, never buffered: the request body within `server.body_limit_bytes`,
+//! the answer chunk by chunk, each chunk within the upstream's timeout. What the backend receives:
+//! the client's method, headers (less hop-by-hop headers, the client's credentials and anything it
+//! claimed about identity or forwarding) and body; the path with the prefix rewritten; and the
+//! gateway's own headers (identity, request id, `traceparent`, remaining deadline,
+//! `X-Forwarded-For` with the client's address as the gateway established it). What the client
+//! receives: the backend's status, headers (less hop-by-hop headers and `Server` /
+//! `X-Powered-By`) and body. The backend's 5xx answers pass through; connection failures and
+//! timeouts answer 502 and 504 and feed the upstream's circuit breaker.
+//!
+//! Only backends whose API is fit for clients belong behind a proxy route: nothing is filtered
+//! out of the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+
+use crate::config::ProxyConfig;
+use crate::edge::{ClientIp, IDENTITY_HEADERS};
+use crate::error::GatewayError;
+use crate::upstream::{CallContext, DEADLINE_HEADER, Upstream, UpstreamError, Upstreams};
+
+/// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers the gateway owns: the client's credentials (the backend learns who is calling
+/// from the identity headers instead) and what only the gateway may say about the request.
+const CLIENT_HEADERS_DROPPED: [&str; 7] = [
+    "host",
+    "authorization",
+    "x-api-key",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+];
+
+/// Answer headers that would tell a client what runs behind the gateway.
+const ANSWER_HEADERS_DROPPED: [&str; 2] = ["server", "x-powered-by"];
+
+/// One pass-through route, resolved against the upstreams.
+pub struct ProxyRoute {
+    /// The prefix it serves.
+    pub prefix: String,
+    rewrite: Option<String>,
+    /// Scopes the caller must hold; leaked once at start-up, as route scopes are `'static`.
+    scopes: Vec<&'static str>,
+    methods: Vec<Method>,
+    upstream: Arc<Upstream>,
+    body_limit: usize,
+}
+
+impl ProxyRoute {
+    /// Resolves every configured route. The configuration was validated, so a missing upstream
+    /// is a programming error reported as a configuration error.
+    pub fn resolve(
+        cfg: &[ProxyConfig],
+        upstreams: &Upstreams,
+        body_limit: usize,
+    ) -> Result<Vec<Arc<Self>>, crate::config::ConfigError> {
+        cfg.iter()
+            .map(|p| {
+                Ok(Arc::new(Self {
+                    prefix: p.prefix.clone(),
+                    rewrite: p.rewrite.clone(),
+                    scopes: p.scopes.iter().map(|s| &*s.clone().leak()).collect(),
+                    methods: p
+                        .methods
+                        .iter()
+                        .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                        .collect(),
+                    upstream: upstreams.get(&p.upstream).ok_or_else(|| {
+                        crate::config::ConfigError(format!(
+                            "proxy upstream {} is not configured",
+                            p.upstream
+                        ))
+                    })?,
+                    body_limit,
+                }))
+            })
+            .collect()
+    }
+
+    /// The path the backend sees for `path` (which starts with the prefix).
+    fn target(&self, path: &str) -> String {
+        let rest = &path[self.prefix.len()..];
+        match self.rewrite.as_deref() {
+            None => path.to_owned(),
+            Some(r) if rest.is_empty() => r.to_owned(),
+            Some(r) => format!("{}{rest}", r.trim_end_matches('/')),
+        }
+    }
+
+    /// Forwards one request.
+    pub async fn forward(&self, ctx: CallContext, req: Request) -> Response {
+        match self.try_forward(ctx, req).await {
+            Ok(res) => res,
+            Err(err) => err.into_response(),
+        }
+    }
+
+    async fn try_forward(&self, ctx: CallContext, req: Request) -> Result<Response, GatewayError> {
+        if !self.methods.contains(req.method()) {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let principal = ctx.principal.as_ref();
+        if let Some(missing) = self
+            .scopes
+            .iter()
+            .find(|s| !principal.is_some_and(|p| p.has_scope(s)))
+        {
+            return Err(GatewayError::InsufficientScope(missing));
+        }
+        let (parts, body) = req.into_parts();
+        let mut target = self.target(parts.uri.path());
+        if let Some(q) = parts.uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let timeout = ctx.budget(self.upstream.timeout);
+        let mut headers = request_headers(&parts.headers);
+        for (name, value) in ctx.headers(timeout) {
+            headers.insert(name, value);
+        }
+        if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>()
+            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+        {
+            headers.insert("x-forwarded-for", v);
+        }
+        // A body larger than the limit ends the stream with an error, and the call with it.
+        let body = reqwest::Body::wrap_stream(
+            Body::new(http_body_util::Limited::new(body, self.body_limit)).into_data_stream(),
+        );
+        let res = self
+            .upstream
+            .send(parts.method, &target, headers, body, timeout)
+            .await
+            .map_err(|err| match err {
+                UpstreamError::Timeout => GatewayError::UpstreamTimeout(self.upstream.name.clone()),
+                _ => GatewayError::UpstreamFailed(self.upstream.name.clone()),
+            })?;
+        Ok(answer(res, self.upstream.timeout))
+    }
+}
+
+/// The client's headers a backend may see.
+fn request_headers(from: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(from.len() + 8);
+    let named = connection_named(from);
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || CLIENT_HEADERS_DROPPED.contains(&n)
+            || IDENTITY_HEADERS.contains(&n)
+            || n == DEADLINE_HEADER
+            || named.contains(name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Headers a `Connection` header names: hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// The backend's answer as the client gets it, the body streamed with an idle bound per chunk.
+fn answer(res: reqwest::Response, idle: Duration) -> Response {
+    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::with_capacity(res.headers().len());
+    let named = connection_named(res.headers());
+    for (name, value) in res.headers() {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || ANSWER_HEADERS_DROPPED.contains(&n) || named.contains(name) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    // The stream ends after its first error: a stalled or broken upstream ends the answer once.
+    let body = futures::stream::unfold(Some(res.bytes_stream()), move |chunks| async move {
+        let mut chunks = chunks?;
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
+            Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "upstream body stalled",
+                )),
+                None,
+            )),
+        }
+    });
+    let mut out = Response::new(Body::from_stream(body));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, rewrite: Option<&str>) -> ProxyRoute {
+        let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
+            "catalog".to_owned(),
+            crate::config::UpstreamConfig::at("http://127.0.0.1:9"),
+        )]))
+        .expect("upstreams");
+        ProxyRoute {
+            prefix: prefix.into(),
+            rewrite: rewrite.map(Into::into),
+            scopes: vec![],
+            methods: vec![Method::GET],
+            upstream: upstreams.get("catalog").expect("catalog"),
+            body_limit: 1024,
+        }
+    }
+
+    #[test]
+    fn prefixes_are_rewritten_on_segment_boundaries() {
+        let keep = route("/api/catalog", None);
+        assert_eq!(keep.target("/api/catalog/items/1"), "/api/catalog/items/1");
+        let r = route("/api/catalog", Some("/content"));
+        assert_eq!(r.target("/api/catalog"), "/content");
+        assert_eq!(r.target("/api/catalog/items/1"), "/content/items/1");
+        let root = route("/api/catalog", Some("/"));
+        assert_eq!(root.target("/api/catalog/items/1"), "/items/1");
+        assert_eq!(root.target("/api/catalog"), "/");
+    }
+
+    #[test]
+    fn hop_by_hop_credentials_and_claims_are_not_forwarded() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("accept", "application/json"),
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("authorization", "Bearer abc"),
+            ("x-api-key", "bffk_x"),
+            ("x-user-id", "admin"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-request-deadline-ms", "999999"),
+            ("host", "evil.example"),
+        ] {
+            h.append(n, HeaderValue::from_static(v));
+        }
+        let out = request_headers(&h);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["accept"]);
+    }
+}
