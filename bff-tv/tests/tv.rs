@@ -187,7 +187,7 @@ async fn hedging_hides_a_slow_instance() {
         .await
         .expect("text");
     assert!(
-        metrics.contains("bff_upstream_hedges_total{upstream=\"content\"}"),
+        metrics.contains("bff_upstream_hedges_total{upstream=\"content\",variant=\"primary\"}"),
         "{metrics}"
     );
 }

@@ -72,5 +72,18 @@ fn every_configuration_key_is_documented() {
         tier: "t".into(),
         version: Some("2024-01-01".into()),
     });
+    // The operator-named upstream table is read through its first entry.
+    let first = full.upstreams.values_mut().next().expect("an upstream");
+    first.split = Some(gateway_core::config::SplitConfig {
+        url: "http://v2".into(),
+        instances: vec!["http://v2b".into()],
+        percent: 10.0,
+        name: "v2".into(),
+    });
+    first.fault = Some(gateway_core::config::FaultConfig {
+        delay_ms: 100,
+        delay_percent: 10.0,
+        error_percent: 1.0,
+    });
     documented("bff-mobile (every optional key set)", &full);
 }

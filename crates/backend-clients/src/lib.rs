@@ -61,7 +61,7 @@ pub async fn user(
 ) -> Result<Value, UpstreamError> {
     let req = GetUserRequest { user_id };
     let u = up
-        .call_idempotent(|instance| {
+        .call_idempotent(&ctx, |instance| {
             let (mut client, req) = (
                 UserServiceClient::new(instance.channel()),
                 ctx.grpc(req.clone(), up.timeout),
@@ -88,7 +88,7 @@ pub async fn preferences(
 ) -> Result<Value, UpstreamError> {
     let req = GetPreferencesRequest { user_id };
     let p = up
-        .call_idempotent(|instance| {
+        .call_idempotent(&ctx, |instance| {
             let (mut client, req) = (
                 PreferencesServiceClient::new(instance.channel()),
                 ctx.grpc(req.clone(), up.timeout),
@@ -160,7 +160,7 @@ async fn get_subscription(
     req: GetSubscriptionRequest,
 ) -> Result<Value, UpstreamError> {
     let s = up
-        .call_idempotent(|instance| {
+        .call_idempotent(&ctx, |instance| {
             let (mut client, req) = (
                 SubscriptionServiceClient::new(instance.channel()),
                 ctx.grpc(req.clone(), up.timeout),
@@ -186,7 +186,7 @@ pub async fn list_subscriptions(
         page_token,
     };
     let res = up
-        .call_idempotent(|instance| {
+        .call_idempotent(&ctx, |instance| {
             let (mut client, req) = (
                 SubscriptionServiceClient::new(instance.channel()),
                 ctx.grpc(req.clone(), up.timeout),
@@ -215,7 +215,7 @@ pub async fn create_subscription(
         partner_id,
     };
     let s = up
-        .call(|instance| {
+        .call(&ctx, |instance| {
             let mut client = SubscriptionServiceClient::new(instance.channel());
             let req = ctx.grpc(req, up.timeout);
             async move { Ok(client.create_subscription(req).await?.into_inner()) }

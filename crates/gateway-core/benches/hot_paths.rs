@@ -9,12 +9,16 @@ use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway_core::aggregate::{FanOut, Need};
+use gateway_core::auth::{Principal, PrincipalKind};
 use gateway_core::cache::{MemoryCache, ResponseCache};
 use gateway_core::config::{CacheConfig, PolicyConfig, RateLimitConfig};
+use gateway_core::config::{FaultConfig, SplitConfig, UpstreamConfig};
 use gateway_core::edge::TraceContext;
 use gateway_core::ratelimit::memory::MemoryStore;
 use gateway_core::ratelimit::{Algorithm, Policy, RateLimiter};
-use gateway_core::{GatewayError, UpstreamError};
+use gateway_core::upstream::Upstreams;
+use gateway_core::upstream::split::Cohort;
+use gateway_core::{CallContext, GatewayError, UpstreamError};
 use serde_json::{Map, Value, json};
 
 fn limiter(c: &mut Criterion) {
@@ -157,5 +161,66 @@ fn aggregate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, limiter, edge_and_cache, aggregate);
+/// The per-call cost of traffic splits and fault injection: the split decision alone, and one call
+/// (answered at once) through an upstream without either, with a split, and with faults drawn.
+fn upstream(c: &mut Criterion) {
+    let mut g = c.benchmark_group("upstream");
+    let cohort = Cohort::new("v2", 10.0);
+    g.bench_function("split_decision", |b| {
+        b.iter(|| black_box(cohort.contains(black_box("user-0042"))))
+    });
+    let at = |tweak: fn(&mut UpstreamConfig)| {
+        let mut cfg = UpstreamConfig {
+            breaker_failures: 0,
+            ..UpstreamConfig::at("http://127.0.0.1:9")
+        };
+        tweak(&mut cfg);
+        Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u")
+    };
+    let plain = at(|_| {});
+    let split = at(|c| {
+        c.split = Some(SplitConfig {
+            url: "http://127.0.0.1:8".into(),
+            instances: Vec::new(),
+            percent: 10.0,
+            name: "v2".into(),
+        })
+    });
+    // Faults drawn on every call, injected on none of them (or almost).
+    let faulty = at(|c| {
+        c.fault = Some(FaultConfig {
+            delay_ms: 1,
+            delay_percent: 0.0001,
+            error_percent: 0.0001,
+        })
+    });
+    let mut ctx = CallContext::detached();
+    ctx.principal = Some(Principal {
+        subject: "user-0042".into(),
+        scopes: std::sync::Arc::new(["feed:read".to_owned()]),
+        tier: None,
+        kind: PrincipalKind::User,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    for (name, up) in [
+        ("call_plain", &plain),
+        ("call_with_split", &split),
+        ("call_with_faults_drawn", &faulty),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                black_box(rt.block_on(up.call(&ctx, |_| async { Ok::<_, UpstreamError>(()) })))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, limiter, edge_and_cache, aggregate, upstream);
 criterion_main!(benches);

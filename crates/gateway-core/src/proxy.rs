@@ -153,7 +153,7 @@ impl ProxyRoute {
         );
         let res = self
             .upstream
-            .send(parts.method, &target, headers, body, timeout)
+            .send(&ctx, parts.method, &target, headers, body, timeout)
             .await
             .map_err(|err| match err {
                 UpstreamError::Timeout => GatewayError::UpstreamTimeout(self.upstream.name.clone()),

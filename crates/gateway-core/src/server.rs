@@ -247,7 +247,10 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .layer(
                 ServiceBuilder::new()
                     .layer(middleware::from_fn_with_state(
-                        self.bff,
+                        telemetry::AccessLog {
+                            bff: self.bff,
+                            variants: self.upstreams.has_splits(),
+                        },
                         telemetry::access_log,
                     ))
                     // Bodies read by extractors are bounded even when no length was declared.

@@ -47,6 +47,10 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// Default time an open circuit stays open, in milliseconds.
 pub const DEFAULT_BREAKER_OPEN_MS: u64 = 10_000;
+/// Default label of a traffic split's alternate version.
+pub const DEFAULT_SPLIT_NAME: &str = "canary";
+/// The primary version's label in metrics and logs; a split may not take it.
+pub const PRIMARY_VARIANT: &str = "primary";
 /// Default Redis connection pool size.
 pub const DEFAULT_REDIS_POOL_SIZE: usize = 4;
 /// Default bound on waiting for, creating or recycling a Redis connection, in milliseconds.
@@ -606,6 +610,51 @@ pub struct UpstreamConfig {
     /// Retries allowed per second whatever the call volume.
     #[serde(default = "default_retry_min_per_sec")]
     pub retry_min_per_sec: u32,
+    /// A traffic experiment: a share of principals goes to an alternate version. Off when absent.
+    #[serde(default)]
+    pub split: Option<SplitConfig>,
+    /// Injected latency and errors, for resilience drills. Off when absent.
+    #[serde(default)]
+    pub fault: Option<FaultConfig>,
+}
+
+/// `[upstreams.NAME.split]`: a traffic experiment (an A/B test or a canary). The calls of
+/// `percent` of the principals go to an alternate version of the upstream, always the same
+/// principals: a principal's share is a stable hash of the variant's `name` and its subject.
+/// Anonymous calls always go to the primary version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Base URL of the alternate version.
+    pub url: String,
+    /// More instances of the alternate version, besides `url`.
+    #[serde(default)]
+    pub instances: Vec<String>,
+    /// Share of principals sent to the alternate version, in percent: 0 to 100, fractions
+    /// allowed (`0.5`).
+    pub percent: f64,
+    /// The variant's label in metrics and logs. Splits sharing a name pick the same principals
+    /// (at equal percentages), so an experiment across several upstreams sees one cohort.
+    #[serde(default = "default_split_name")]
+    pub name: String,
+}
+
+fn default_split_name() -> String {
+    DEFAULT_SPLIT_NAME.to_owned()
+}
+
+/// `[upstreams.NAME.fault]`: injected faults, for resilience drills. An injected error is an
+/// upstream failure like any other (breaker, retries, partial answers); an injected delay comes
+/// out of the call's timeout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultConfig {
+    /// Latency added to the delayed calls, in milliseconds.
+    pub delay_ms: u64,
+    /// Share of calls delayed, in percent (0 to 100).
+    pub delay_percent: f64,
+    /// Share of calls failed without reaching the upstream, in percent (0 to 100).
+    pub error_percent: f64,
 }
 
 fn default_breaker_error_rate() -> f64 {
@@ -655,6 +704,8 @@ impl UpstreamConfig {
             retries: default_retries(),
             retry_budget_percent: default_retry_budget_percent(),
             retry_min_per_sec: default_retry_min_per_sec(),
+            split: None,
+            fault: None,
         }
     }
 }
@@ -1020,6 +1071,73 @@ where
                     "0".into(),
                 );
             }
+            if let Some(split) = &up.split {
+                let key = format!("upstreams.{name}.split");
+                for (k, url) in std::iter::once(("url".to_owned(), &split.url)).chain(
+                    split
+                        .instances
+                        .iter()
+                        .enumerate()
+                        .map(|(i, u)| (format!("instances[{i}]"), u)),
+                ) {
+                    if !url.starts_with("http://") && !url.starts_with("https://") {
+                        return bad(
+                            format!("{key}.{k}"),
+                            "must be an http(s) URL",
+                            format!("{url:?}"),
+                        );
+                    }
+                }
+                if !is_percent(split.percent) {
+                    return bad(
+                        format!("{key}.percent"),
+                        "must be between 0 and 100",
+                        split.percent.to_string(),
+                    );
+                }
+                if split.name.is_empty()
+                    || split.name.len() > 64
+                    || !split
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return bad(
+                        format!("{key}.name"),
+                        "must be 1 to 64 of A-Z a-z 0-9 - _ .",
+                        format!("{:?}", split.name),
+                    );
+                }
+                if split.name == PRIMARY_VARIANT {
+                    return bad(
+                        format!("{key}.name"),
+                        "must not be \"primary\" (the label of the primary version)",
+                        format!("{:?}", split.name),
+                    );
+                }
+            }
+            if let Some(fault) = &up.fault {
+                let key = format!("upstreams.{name}.fault");
+                for (k, v) in [
+                    ("delay_percent", fault.delay_percent),
+                    ("error_percent", fault.error_percent),
+                ] {
+                    if !is_percent(v) {
+                        return bad(
+                            format!("{key}.{k}"),
+                            "must be between 0 and 100",
+                            v.to_string(),
+                        );
+                    }
+                }
+                if fault.delay_percent > 0.0 && fault.delay_ms == 0 {
+                    return bad(
+                        format!("{key}.delay_ms"),
+                        "must be > 0 when delay_percent is set",
+                        "0".into(),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -1075,6 +1193,11 @@ impl<C> Config<C> {
         }
         Ok(())
     }
+}
+
+/// A percentage: finite, 0 to 100.
+fn is_percent(v: f64) -> bool {
+    (0.0..=100.0).contains(&v)
 }
 
 /// Figment's errors already name the key path; keep them on one line and drop the provider noise.

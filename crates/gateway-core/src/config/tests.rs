@@ -217,3 +217,111 @@ fn proxy_routes_are_checked_and_named() {
     let err = load_with(&twice, &[]).expect_err("twice");
     assert!(err.contains("proxy[1].prefix"), "{err}");
 }
+
+#[test]
+fn a_split_takes_a_percentage_and_defaults_its_name() {
+    let cfg = load_with(
+        "[upstreams.user.split]\nurl = \"http://10.0.0.2:50051\"\npercent = 10\n",
+        &[],
+    )
+    .expect("valid");
+    let split = cfg.upstreams["user"].split.as_ref().expect("split");
+    assert_eq!(split.percent, 10.0);
+    assert_eq!(split.name, DEFAULT_SPLIT_NAME);
+    assert!(split.instances.is_empty());
+    let cfg = load_with(
+        "[upstreams.user.split]\nurl = \"http://a:1\"\ninstances = [\"http://b:1\"]\npercent = 0.5\nname = \"v2\"\n",
+        &[],
+    )
+    .expect("fractions and names");
+    let split = cfg.upstreams["user"].split.as_ref().expect("split");
+    assert_eq!((split.percent, split.name.as_str()), (0.5, "v2"));
+    assert!(
+        defaults().upstreams["user"].split.is_none(),
+        "off by default"
+    );
+}
+
+#[test]
+fn bad_splits_are_named() {
+    for (toml, expected) in [
+        (
+            "url = \"http://a:1\"\npercent = 150\n",
+            "upstreams.user.split.percent must be between 0 and 100, got 150",
+        ),
+        (
+            "url = \"http://a:1\"\npercent = -1\n",
+            "upstreams.user.split.percent must be between 0 and 100, got -1",
+        ),
+        (
+            "url = \"grpc://a:1\"\npercent = 5\n",
+            "upstreams.user.split.url must be an http(s) URL, got \"grpc://a:1\"",
+        ),
+        (
+            "url = \"http://a:1\"\ninstances = [\"a:2\"]\npercent = 5\n",
+            "upstreams.user.split.instances[0] must be an http(s) URL, got \"a:2\"",
+        ),
+        (
+            "url = \"http://a:1\"\npercent = 5\nname = \"primary\"\n",
+            "upstreams.user.split.name must not be \"primary\" (the label of the primary version), got \"primary\"",
+        ),
+        (
+            "url = \"http://a:1\"\npercent = 5\nname = \"new version\"\n",
+            "upstreams.user.split.name must be 1 to 64 of A-Z a-z 0-9 - _ ., got \"new version\"",
+        ),
+    ] {
+        let err = load_with(&format!("[upstreams.user.split]\n{toml}"), &[]).expect_err(toml);
+        assert_eq!(err, expected);
+    }
+    let err = load_with(
+        "[upstreams.user.split]\nurl = \"http://a:1\"\npercent = 5\nweight = 2\n",
+        &[],
+    )
+    .expect_err("unknown key");
+    assert!(
+        err.contains("upstreams.user.split") && err.contains("weight"),
+        "{err}"
+    );
+    let err =
+        load_with("[upstreams.user.split]\nurl = \"http://a:1\"\n", &[]).expect_err("no percent");
+    assert!(err.contains("percent"), "{err}");
+}
+
+#[test]
+fn faults_are_off_by_default_and_set_from_file_or_environment() {
+    assert!(defaults().upstreams["user"].fault.is_none());
+    let cfg = load_with(
+        "[upstreams.user.fault]\ndelay_ms = 250\ndelay_percent = 10\n",
+        &[("BFF_UPSTREAMS__USER__FAULT__ERROR_PERCENT", "100")],
+    )
+    .expect("valid");
+    let fault = cfg.upstreams["user"].fault.as_ref().expect("fault");
+    assert_eq!(
+        (fault.delay_ms, fault.delay_percent, fault.error_percent),
+        (250, 10.0, 100.0)
+    );
+}
+
+#[test]
+fn bad_faults_are_named() {
+    for (toml, expected) in [
+        (
+            "error_percent = 101\n",
+            "upstreams.user.fault.error_percent must be between 0 and 100, got 101",
+        ),
+        (
+            "delay_ms = 10\ndelay_percent = 100.5\n",
+            "upstreams.user.fault.delay_percent must be between 0 and 100, got 100.5",
+        ),
+        (
+            "delay_percent = 50\n",
+            "upstreams.user.fault.delay_ms must be > 0 when delay_percent is set, got 0",
+        ),
+    ] {
+        let err = load_with(&format!("[upstreams.user.fault]\n{toml}"), &[]).expect_err(toml);
+        assert_eq!(err, expected);
+    }
+    let err =
+        load_with("[upstreams.user.fault]\nabort_status = 503\n", &[]).expect_err("unknown key");
+    assert!(err.contains("abort_status"), "{err}");
+}

@@ -545,7 +545,9 @@ mod tests {
         assert_eq!(limiter.resolve(None, None).in_force().policy.limit, 10);
         let up = upstreams.get("ads").expect("ads");
         let _ = up
-            .call(|_| async { Err::<(), _>(crate::upstream::UpstreamError::Timeout) })
+            .call(&crate::CallContext::detached(), |_| async {
+                Err::<(), _>(crate::upstream::UpstreamError::Timeout)
+            })
             .await;
         let in_force = limiter.resolve(None, None).in_force();
         assert_eq!(in_force.policy.limit, 5);

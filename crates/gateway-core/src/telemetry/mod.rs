@@ -16,6 +16,7 @@ use crate::auth::Principal;
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::edge::RequestId;
 use crate::error::ErrorCode;
+use crate::upstream::split::Variants;
 
 /// Latency buckets (seconds), from sub-millisecond cache hits to slow fan-outs.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -54,9 +55,26 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// What the access log needs to know of its BFF.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessLog {
+    /// The BFF's name, on every line and series.
+    pub bff: &'static str,
+    /// Whether some upstream has a traffic split: then each line names the variants the
+    /// request's calls reached (`variants = "content=v2,ads=primary"`); otherwise the field is
+    /// empty and costs nothing.
+    pub variants: bool,
+}
+
 /// Middleware: one access line and the request metrics per request.
-pub async fn access_log(State(bff): State<&'static str>, req: Request, next: Next) -> Response {
+pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Next) -> Response {
+    let bff = log.bff;
     let start = Instant::now();
+    let variants = log.variants.then(|| {
+        let v = Variants::default();
+        req.extensions_mut().insert(v.clone());
+        v
+    });
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let route = req
@@ -73,6 +91,7 @@ pub async fn access_log(State(bff): State<&'static str>, req: Request, next: Nex
         .get::<Principal>()
         .map(|p| p.subject.clone());
     let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
+    let variants = variants.map(|v| v.render());
     tracing::info!(
         target: "access",
         bff,
@@ -86,6 +105,7 @@ pub async fn access_log(State(bff): State<&'static str>, req: Request, next: Nex
         problem = code.unwrap_or(""),
         cache = res.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or(""),
         degraded = res.headers().get("x-degraded").and_then(|v| v.to_str().ok()).unwrap_or(""),
+        variants = variants.as_deref().unwrap_or(""),
     );
     let status_label = status.to_string();
     metrics::counter!("bff_requests_total", "bff" => bff, "route" => route.clone(), "status" => status_label)
@@ -93,4 +113,105 @@ pub async fn access_log(State(bff): State<&'static str>, req: Request, next: Nex
     metrics::histogram!("bff_request_duration_seconds", "bff" => bff, "route" => route)
         .record(elapsed.as_secs_f64());
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::middleware;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::auth::PrincipalKind;
+    use crate::config::{SplitConfig, UpstreamConfig};
+    use crate::upstream::{CallContext, Upstreams};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut out) = self.0.lock() {
+                out.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_access_line_names_the_variants_the_calls_reached() {
+        let split = UpstreamConfig {
+            split: Some(SplitConfig {
+                url: "http://127.0.0.1:8".into(),
+                instances: Vec::new(),
+                percent: 100.0,
+                name: "v2".into(),
+            }),
+            ..UpstreamConfig::at("http://127.0.0.1:9")
+        };
+        let upstreams = Arc::new(
+            Upstreams::new(
+                &[
+                    ("content".to_owned(), split),
+                    ("ads".to_owned(), UpstreamConfig::at("http://127.0.0.1:9")),
+                ]
+                .into(),
+            )
+            .expect("upstreams"),
+        );
+        let principal = Principal {
+            subject: "user-1".into(),
+            scopes: Arc::new([]),
+            tier: None,
+            kind: PrincipalKind::User,
+        };
+        let app = Router::new()
+            .route(
+                "/x",
+                get(move |ctx: CallContext| async move {
+                    for name in ["content", "ads", "content"] {
+                        let up = upstreams.get(name).expect("upstream");
+                        let _ = up.call(&ctx, |_| async { Ok(()) }).await;
+                    }
+                    "ok"
+                }),
+            )
+            .layer(middleware::from_fn(move |mut req: Request, next: Next| {
+                req.extensions_mut().insert(principal.clone());
+                next.run(req)
+            }))
+            .layer(middleware::from_fn_with_state(
+                AccessLog {
+                    bff: "test",
+                    variants: true,
+                },
+                access_log,
+            ));
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let res = app
+            .oneshot(Request::get("/x").body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        assert!(res.status().is_success());
+        let logs = String::from_utf8(out.0.lock().expect("logs").clone()).expect("utf-8");
+        let line = logs
+            .lines()
+            .find(|l| l.contains("\"target\":\"access\""))
+            .expect("an access line");
+        assert!(line.contains("\"variants\":\"content=v2\""), "{line}");
+    }
 }

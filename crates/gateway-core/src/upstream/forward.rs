@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, Method};
 
-use super::{Upstream, UpstreamError};
+use super::{CallContext, Upstream, UpstreamError};
 
 impl Upstream {
     /// Sends `method target` with `headers` and a streamed `body` to the instance the balancer
@@ -13,13 +13,14 @@ impl Upstream {
     /// (the body is consumed); a 5xx answer is an answer, passed on, not an error.
     pub async fn send(
         &self,
+        ctx: &CallContext,
         method: Method,
         target: &str,
         headers: HeaderMap,
         body: reqwest::Body,
         timeout: Duration,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.call(|instance| {
+        self.call(ctx, |instance| {
             let req = self
                 .http
                 .request(method, format!("{}{target}", instance.base()))

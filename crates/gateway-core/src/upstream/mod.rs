@@ -1,6 +1,12 @@
 //! Calls to backends: one pooled HTTP client for every REST upstream (keep-alive), one lazily
 //! connected HTTP/2 channel per gRPC upstream, and the per-request context every call carries
 //! downstream (identity, request id, `traceparent`, deadline).
+//!
+//! A call's path: the version (primary, or the alternate of a traffic [`split`]) picked by the
+//! caller's subject; an instance picked by the balancer; the concurrency cap; the breaker;
+//! injected [`fault`]s, if configured; the call itself; retries and hedges around all of it for
+//! idempotent calls. Each version has its own instances, connections, breaker, cap and retry
+//! budget, so a failing canary never opens the primary's circuit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,14 +22,18 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 
 pub mod balance;
 pub mod breaker;
+pub mod fault;
 mod forward;
+pub mod split;
 
 use crate::auth::{Principal, PrincipalKind};
-use crate::config::{ConfigError, UpstreamConfig};
+use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
 use crate::edge::{RequestId, TraceContext};
 use crate::error::GatewayError;
 use balance::{Balance, Instance};
 use breaker::{Breaker, BreakerSettings, BreakerState};
+use fault::{Faults, Injected};
+use split::{Cohort, Variants};
 
 /// Bound on a REST upstream's response body.
 const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
@@ -71,7 +81,7 @@ impl From<tonic::Status> for UpstreamError {
     }
 }
 
-/// One backend.
+/// One backend: its primary version and, with a traffic split, an alternate version.
 pub struct Upstream {
     /// Its name in the configuration.
     pub name: String,
@@ -80,6 +90,8 @@ pub struct Upstream {
     /// The name as a metrics label: cloning it on every call costs a reference count, not an
     /// allocation.
     label: metrics::SharedString,
+    /// `primary`, or the split's name for an alternate version, as a metrics label.
+    variant: metrics::SharedString,
     instances: Arc<[Arc<Instance>]>,
     balance: Balance,
     next: AtomicUsize,
@@ -89,12 +101,47 @@ pub struct Upstream {
     retries: u32,
     retry_budget: TpsBudget,
     hedge_after: Option<Duration>,
+    faults: Option<Faults>,
+    split: Option<Split>,
+}
+
+/// A traffic split: the cohort's calls go to `target`, a whole upstream of its own.
+struct Split {
+    cohort: Cohort,
+    target: Box<Upstream>,
 }
 
 impl Upstream {
     /// Runs one call (made by `make` for the instance picked) through the circuit breaker:
     /// refused at once while the circuit is open; its outcome feeds the breaker. Not retried.
-    pub async fn call<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
+    /// `ctx`'s subject picks the version when the upstream has a split.
+    pub async fn call<T, F, Fut>(&self, ctx: &CallContext, make: F) -> Result<T, UpstreamError>
+    where
+        F: FnOnce(Arc<Instance>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        self.version(ctx).call_once(make).await
+    }
+
+    /// The version serving `ctx`: the alternate one when the upstream has a split and the
+    /// subject is in its cohort; otherwise (anonymous calls included) this one. The choice is
+    /// noted for the request's access-log line.
+    fn version(&self, ctx: &CallContext) -> &Upstream {
+        let Some(split) = &self.split else {
+            return self;
+        };
+        let version = match &ctx.principal {
+            Some(p) if split.cohort.contains(&p.subject) => &*split.target,
+            _ => self,
+        };
+        if let Some(variants) = &ctx.variants {
+            variants.record(&self.label, &version.variant);
+        }
+        tracing::debug!(upstream = %self.name, variant = %version.variant, "call routed");
+        version
+    }
+
+    async fn call_once<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
     where
         F: FnOnce(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
@@ -111,36 +158,95 @@ impl Upstream {
         // A full upstream sheds the call at once: queueing would only spend the part's deadline.
         let _slot = match &self.in_flight {
             Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
-                metrics::counter!("bff_upstream_calls_total", "upstream" => self.label.clone(), "outcome" => "overloaded")
+                metrics::counter!("bff_upstream_calls_total", "upstream" => self.label.clone(), "variant" => self.variant.clone(), "outcome" => "overloaded")
                     .increment(1);
                 UpstreamError::Overloaded
             })?),
             None => None,
         };
         let _inflight = instance.enter();
-        let call = make(instance.clone());
         let permit = self.breaker.try_acquire()?;
-        let result = call.await;
+        let injected = self
+            .faults
+            .map(|f| f.draw())
+            .filter(|i| i.delay.is_some() || i.error);
+        let result = match injected {
+            Some(injected) => {
+                self.call_with_faults(injected, instance.clone(), make)
+                    .await
+            }
+            None => make(instance.clone()).await,
+        };
         let before = self.breaker.state();
         permit.record(&result);
         let after = self.breaker.state();
         if before != after {
             let open = f64::from(u8::from(after != BreakerState::Closed));
-            metrics::gauge!("bff_upstream_circuit_open", "upstream" => self.label.clone())
+            metrics::gauge!("bff_upstream_circuit_open", "upstream" => self.label.clone(), "variant" => self.variant.clone())
                 .set(open);
-            tracing::warn!(upstream = %self.name, state = ?after, "circuit breaker changed state");
+            tracing::warn!(upstream = %self.name, variant = %self.variant, state = ?after, "circuit breaker changed state");
         }
-        metrics::counter!("bff_upstream_calls_total", "upstream" => self.label.clone(), "outcome" => outcome(&result))
+        metrics::counter!("bff_upstream_calls_total", "upstream" => self.label.clone(), "variant" => self.variant.clone(), "outcome" => outcome(&result))
             .increment(1);
         result
+    }
+
+    /// One call with injected faults: the delay first, spent out of the call's timeout as real
+    /// latency would be; then the error instead of the call.
+    async fn call_with_faults<T, F, Fut>(
+        &self,
+        injected: Injected,
+        instance: Arc<Instance>,
+        make: F,
+    ) -> Result<T, UpstreamError>
+    where
+        F: FnOnce(Arc<Instance>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut left = self.timeout;
+        if let Some(delay) = injected.delay {
+            self.count_fault("delay");
+            if delay >= left {
+                tokio::time::sleep(left).await;
+                return Err(UpstreamError::Timeout);
+            }
+            tokio::time::sleep(delay).await;
+            left -= delay;
+        }
+        if injected.error {
+            self.count_fault("error");
+            return Err(fault::injected_error());
+        }
+        tokio::time::timeout(left, make(instance))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
+    fn count_fault(&self, kind: &'static str) {
+        metrics::counter!("bff_upstream_faults_injected_total", "upstream" => self.label.clone(), "variant" => self.variant.clone(), "kind" => kind)
+            .increment(1);
+        tracing::debug!(upstream = %self.name, variant = %self.variant, kind, "fault injected");
     }
 
     /// Runs an idempotent call, made afresh by `make` for each attempt: a failure (connection
     /// error, 5xx, UNAVAILABLE) is retried up to `retries` times with jittered exponential
     /// backoff, as long as the upstream's retry budget allows, so retries can never multiply the
     /// load of an upstream that is already failing. Timeouts are not retried: the part's deadline
-    /// is spent. Not for writes.
-    pub async fn call_idempotent<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
+    /// is spent. Not for writes. `ctx`'s subject picks the version when the upstream has a split;
+    /// retries and hedges stay on that version.
+    pub async fn call_idempotent<T, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        make: F,
+    ) -> Result<T, UpstreamError>
+    where
+        F: Fn(Arc<Instance>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        self.version(ctx).retried(make).await
+    }
+
+    async fn retried<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
     where
         F: Fn(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
@@ -157,7 +263,7 @@ impl Upstream {
                 return result;
             }
             attempt += 1;
-            metrics::counter!("bff_upstream_retries_total", "upstream" => self.label.clone())
+            metrics::counter!("bff_upstream_retries_total", "upstream" => self.label.clone(), "variant" => self.variant.clone())
                 .increment(1);
             // Full jitter over an exponential ceiling: 10 ms, 20 ms, 40 ms, ...
             let ceiling = RETRY_BASE.saturating_mul(1 << attempt.min(6));
@@ -174,7 +280,7 @@ impl Upstream {
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         let Some(delay) = self.hedge_after.filter(|_| self.instances.len() > 1) else {
-            return self.call(make).await;
+            return self.call_once(make).await;
         };
         let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
         let other = balance::pick_other(&self.instances, &instance, &self.next).clone();
@@ -187,7 +293,7 @@ impl Upstream {
         if !self.retry_budget.withdraw() {
             return first.await;
         }
-        metrics::counter!("bff_upstream_hedges_total", "upstream" => self.label.clone())
+        metrics::counter!("bff_upstream_hedges_total", "upstream" => self.label.clone(), "variant" => self.variant.clone())
             .increment(1);
         let second = self.call_on(other, make);
         tokio::pin!(second);
@@ -197,7 +303,7 @@ impl Upstream {
         }
     }
 
-    /// The breaker's state.
+    /// The primary version's breaker state (an alternate version's breaker is its own).
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state()
     }
@@ -209,7 +315,9 @@ impl Upstream {
         ctx: &CallContext,
         path_and_query: &str,
     ) -> Result<Value, UpstreamError> {
-        self.call_idempotent(|instance| self.fetch_json(instance, ctx, path_and_query))
+        let version = self.version(ctx);
+        version
+            .retried(|instance| version.fetch_json(instance, ctx, path_and_query))
             .await
     }
 
@@ -261,6 +369,58 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// One version of upstream `name` at `urls`, with the upstream's settings and its own
+    /// instances, connections, health checks, breaker, concurrency cap and retry budget.
+    fn version_of<'a>(
+        name: &str,
+        variant: &str,
+        urls: impl Iterator<Item = &'a String>,
+        c: &UpstreamConfig,
+        http: &reqwest::Client,
+    ) -> Self {
+        let timeout = Duration::from_millis(c.timeout_ms);
+        let instances: Arc<[Arc<Instance>]> = urls
+            .map(|url| Arc::new(Instance::new(url, timeout)))
+            .collect();
+        if instances.len() > 1 || c.health_path.is_some() {
+            balance::spawn_health_checks(
+                name.to_owned(),
+                Arc::downgrade(&instances),
+                Duration::from_millis(c.health_check_interval_ms.max(10)),
+                c.health_path.clone(),
+                http.clone(),
+            );
+        }
+        Upstream {
+            name: name.to_owned(),
+            label: metrics::SharedString::from_shared(Arc::<str>::from(name)),
+            variant: metrics::SharedString::from_shared(Arc::<str>::from(variant)),
+            timeout,
+            instances,
+            balance: c.balance,
+            next: AtomicUsize::new(0),
+            http: http.clone(),
+            breaker: Breaker::new(BreakerSettings {
+                failure_threshold: c.breaker_failures,
+                open_for: Duration::from_millis(c.breaker_open_ms),
+                error_rate: c.breaker_error_rate,
+            }),
+            in_flight: (c.max_concurrent > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(c.max_concurrent as usize))),
+            hedge_after: c.hedge_after_ms.map(Duration::from_millis),
+            retries: c.retries,
+            retry_budget: TpsBudget::new(
+                Duration::from_secs(10),
+                c.retry_min_per_sec,
+                c.retry_budget_percent as f32 / 100.0,
+            ),
+            faults: c.fault.as_ref().and_then(Faults::new),
+            split: None,
+        }
+    }
+}
+
 /// Every upstream of one BFF, by name.
 pub struct Upstreams {
     by_name: HashMap<String, Arc<Upstream>>,
@@ -279,47 +439,24 @@ impl Upstreams {
         let by_name = cfg
             .iter()
             .map(|(name, c)| {
-                let timeout = Duration::from_millis(c.timeout_ms);
-                let instances: Arc<[Arc<Instance>]> = std::iter::once(&c.url)
-                    .chain(&c.instances)
-                    .map(|url| Arc::new(Instance::new(url, timeout)))
-                    .collect();
-                if instances.len() > 1 || c.health_path.is_some() {
-                    balance::spawn_health_checks(
-                        name.clone(),
-                        Arc::downgrade(&instances),
-                        Duration::from_millis(c.health_check_interval_ms.max(10)),
-                        c.health_path.clone(),
-                        http.clone(),
-                    );
+                let primary = std::iter::once(&c.url).chain(&c.instances);
+                let mut up = Upstream::version_of(name, PRIMARY_VARIANT, primary, c, &http);
+                if let Some(s) = &c.split {
+                    let alternate = std::iter::once(&s.url).chain(&s.instances);
+                    up.split = Some(Split {
+                        cohort: Cohort::new(&s.name, s.percent),
+                        target: Box::new(Upstream::version_of(name, &s.name, alternate, c, &http)),
+                    });
                 }
-                let up = Upstream {
-                    name: name.clone(),
-                    label: metrics::SharedString::from_shared(Arc::<str>::from(name.as_str())),
-                    timeout,
-                    instances,
-                    balance: c.balance,
-                    next: AtomicUsize::new(0),
-                    http: http.clone(),
-                    breaker: Breaker::new(BreakerSettings {
-                        failure_threshold: c.breaker_failures,
-                        open_for: Duration::from_millis(c.breaker_open_ms),
-                        error_rate: c.breaker_error_rate,
-                    }),
-                    in_flight: (c.max_concurrent > 0)
-                        .then(|| Arc::new(tokio::sync::Semaphore::new(c.max_concurrent as usize))),
-                    hedge_after: c.hedge_after_ms.map(Duration::from_millis),
-                    retries: c.retries,
-                    retry_budget: TpsBudget::new(
-                        Duration::from_secs(10),
-                        c.retry_min_per_sec,
-                        c.retry_budget_percent as f32 / 100.0,
-                    ),
-                };
                 (name.clone(), Arc::new(up))
             })
             .collect();
         Ok(Self { by_name })
+    }
+
+    /// Whether some upstream has a traffic split, so requests note the variants they reach.
+    pub fn has_splits(&self) -> bool {
+        self.by_name.values().any(|u| u.split.is_some())
     }
 
     /// The upstream called `name`; BFFs check at build time that theirs exist (see [`Self::require`]).
@@ -356,6 +493,8 @@ pub struct CallContext {
     request_id: Option<RequestId>,
     trace: Option<TraceContext>,
     deadline: Option<Instant>,
+    /// Where the request notes the variants its calls reach, when some upstream has a split.
+    variants: Option<Variants>,
 }
 
 /// The request-wide deadline, set by the server from `server.request_timeout_ms`.
@@ -371,6 +510,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
             request_id: parts.extensions.get::<RequestId>().cloned(),
             trace: parts.extensions.get::<TraceContext>().copied(),
             deadline: parts.extensions.get::<Deadline>().map(|d| d.0),
+            variants: parts.extensions.get::<Variants>().cloned(),
         })
     }
 }
@@ -383,6 +523,7 @@ impl CallContext {
             request_id: None,
             trace: None,
             deadline: None,
+            variants: None,
         }
     }
 
@@ -490,7 +631,7 @@ mod tests {
     async fn attempts(up: &Upstream, error: UpstreamError) -> u32 {
         let n = AtomicU32::new(0);
         let _ = up
-            .call_idempotent(|_| {
+            .call_idempotent(&CallContext::detached(), |_| {
                 n.fetch_add(1, Ordering::Relaxed);
                 let e = error.clone();
                 async move { Err::<(), _>(e) }
@@ -521,8 +662,10 @@ mod tests {
         let first = {
             let up = up.clone();
             tokio::spawn(async move {
-                up.call(|_| async { wait.await.map_err(|_| UpstreamError::Timeout) })
-                    .await
+                up.call(&CallContext::detached(), |_| async {
+                    wait.await.map_err(|_| UpstreamError::Timeout)
+                })
+                .await
             })
         };
         tokio::task::yield_now().await;
@@ -534,12 +677,190 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(
-            up.call(|_| async { Ok(()) }).await,
+            up.call(&CallContext::detached(), |_| async { Ok(()) })
+                .await,
             Err(UpstreamError::Overloaded)
         );
         let _ = release.send(());
         assert_eq!(first.await.expect("join"), Ok(()));
-        assert_eq!(up.call(|_| async { Ok(()) }).await, Ok(()));
+        assert_eq!(
+            up.call(&CallContext::detached(), |_| async { Ok(()) })
+                .await,
+            Ok(())
+        );
+    }
+
+    const PRIMARY: &str = "http://127.0.0.1:9";
+    const ALTERNATE: &str = "http://127.0.0.1:8";
+
+    fn split(percent: f64, tweak: impl FnOnce(&mut UpstreamConfig)) -> Arc<Upstream> {
+        let mut cfg = UpstreamConfig {
+            split: Some(crate::config::SplitConfig {
+                url: ALTERNATE.into(),
+                instances: Vec::new(),
+                percent,
+                name: "v2".into(),
+            }),
+            ..UpstreamConfig::at(PRIMARY)
+        };
+        tweak(&mut cfg);
+        Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u")
+    }
+
+    fn as_user(subject: &str) -> CallContext {
+        CallContext {
+            principal: Some(Principal {
+                subject: subject.into(),
+                scopes: Arc::new([]),
+                tier: None,
+                kind: PrincipalKind::User,
+            }),
+            ..CallContext::detached()
+        }
+    }
+
+    /// The instance a call for `ctx` reaches.
+    async fn reached(up: &Upstream, ctx: &CallContext) -> String {
+        up.call_idempotent(ctx, |i| async move { Ok(i.base().to_owned()) })
+            .await
+            .expect("answer")
+    }
+
+    #[tokio::test]
+    async fn a_ten_percent_split_sends_ten_percent_of_principals_and_always_the_same() {
+        let up = split(10.0, |_| {});
+        let subjects: Vec<String> = (1..=2_000).map(|i| format!("user-{i:04}")).collect();
+        let mut alternate = Vec::new();
+        for s in &subjects {
+            if reached(&up, &as_user(s)).await == ALTERNATE {
+                alternate.push(s.clone());
+            }
+        }
+        let share = alternate.len() as f64 * 100.0 / subjects.len() as f64;
+        assert!(
+            (8.0..=12.0).contains(&share),
+            "{share}% went to the alternate"
+        );
+        for s in &subjects {
+            let expected = if alternate.contains(s) {
+                ALTERNATE
+            } else {
+                PRIMARY
+            };
+            for _ in 0..3 {
+                assert_eq!(reached(&up, &as_user(s)).await, expected, "{s}");
+            }
+        }
+        assert_eq!(reached(&up, &CallContext::detached()).await, PRIMARY);
+    }
+
+    #[tokio::test]
+    async fn a_failing_alternate_leaves_the_primary_breaker_closed() {
+        let up = split(50.0, |c| c.breaker_failures = 2);
+        let cohort = Cohort::new("v2", 50.0);
+        let subjects: Vec<String> = (0..100).map(|i| format!("u{i}")).collect();
+        let inside = subjects
+            .iter()
+            .find(|s| cohort.contains(s))
+            .expect("one in");
+        let outside = subjects
+            .iter()
+            .find(|s| !cohort.contains(s))
+            .expect("one out");
+        let fail = |_| async { Err::<(), _>(UpstreamError::Failed("down".into())) };
+        for _ in 0..2 {
+            let _ = up.call(&as_user(inside), fail).await;
+        }
+        assert_eq!(
+            up.call(&as_user(inside), |_| async { Ok(()) }).await,
+            Err(UpstreamError::CircuitOpen)
+        );
+        assert_eq!(up.breaker_state(), BreakerState::Closed);
+        assert_eq!(
+            up.call(&as_user(outside), |_| async { Ok(()) }).await,
+            Ok(())
+        );
+    }
+
+    fn faulty(timeout_ms: u64, fault: crate::config::FaultConfig) -> Arc<Upstream> {
+        let cfg = UpstreamConfig {
+            timeout_ms,
+            breaker_failures: 3,
+            retries: 0,
+            fault: Some(fault),
+            ..UpstreamConfig::at(PRIMARY)
+        };
+        Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u")
+    }
+
+    #[tokio::test]
+    async fn injected_errors_are_upstream_failures_and_open_the_breaker() {
+        let up = faulty(
+            1_000,
+            crate::config::FaultConfig {
+                error_percent: 100.0,
+                ..Default::default()
+            },
+        );
+        let (made, ctx) = (AtomicU32::new(0), CallContext::detached());
+        let call = || {
+            up.call(&ctx, |_| {
+                made.fetch_add(1, Ordering::Relaxed);
+                async { Ok(()) }
+            })
+        };
+        for _ in 0..3 {
+            assert_eq!(
+                call().await,
+                Err(UpstreamError::Failed("injected fault".into()))
+            );
+        }
+        assert_eq!(call().await, Err(UpstreamError::CircuitOpen));
+        assert_eq!(
+            made.load(Ordering::Relaxed),
+            0,
+            "the upstream is never called"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_injected_delay_is_spent_out_of_the_timeout() {
+        let delay = |delay_ms| crate::config::FaultConfig {
+            delay_ms,
+            delay_percent: 100.0,
+            ..Default::default()
+        };
+        let slow = faulty(100, delay(300));
+        let start = tokio::time::Instant::now();
+        let result = slow
+            .call(&CallContext::detached(), |_| async { Ok(()) })
+            .await;
+        assert_eq!(result, Err(UpstreamError::Timeout));
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+
+        let delayed = faulty(100, delay(30));
+        let start = tokio::time::Instant::now();
+        let answer = |_| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        };
+        assert_eq!(delayed.call(&CallContext::detached(), answer).await, Ok(()));
+        assert_eq!(start.elapsed(), Duration::from_millis(80));
+        // 30 ms of delay leave 70 ms of the timeout: an 80 ms answer is too late.
+        let late = |_| async {
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            Ok(())
+        };
+        assert_eq!(
+            delayed.call(&CallContext::detached(), late).await,
+            Err(UpstreamError::Timeout)
+        );
     }
 
     #[tokio::test(start_paused = true)]
