@@ -615,3 +615,37 @@ async fn a_dead_catalog_backend_is_a_502_problem() {
     assert_eq!(body["code"], "UPSTREAM_ERROR");
     assert!(!body.to_string().contains("127.0.0.1"), "{body}");
 }
+
+/// After a short load, `/metrics` carries every series operators alert on: requests and latency by
+/// route and status, upstream calls by outcome, limiter decisions with their mode, cache lookups,
+/// breaker state and the REST connections opened (for connection reuse).
+#[tokio::test]
+async fn metrics_show_every_series_after_a_short_load() {
+    let (_stack, bff, token) = setup().await;
+    for _ in 0..5 {
+        assert_eq!(get(&bff, PROFILE, &token).await.status(), StatusCode::OK);
+        assert_eq!(
+            get(&bff, "/api/home-feed", &token).await.status(),
+            StatusCode::OK
+        );
+    }
+    let text = reqwest::get(format!("{}/metrics", bff.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for series in [
+        r#"bff_requests_total{bff="bff-mobile",route="/api/v2/user/profile",status="200"}"#,
+        r#"bff_request_duration_seconds_bucket{bff="bff-mobile",route="/api/v2/user/profile""#,
+        r#"bff_upstream_calls_total{upstream="user",variant="primary",outcome="ok"}"#,
+        r#"bff_upstream_calls_total{upstream="content",variant="primary",outcome="ok"}"#,
+        r#"bff_ratelimit_decisions_total{bff="bff-mobile",decision="allowed",mode="memory"}"#,
+        r#"bff_cache_lookups_total{bff="bff-mobile",result="hit"}"#,
+        r#"bff_upstream_circuit_open{upstream="ads",variant="primary"}"#,
+        "bff_upstream_http_connections_total",
+        r#"bff_upstream_parts_total{part="user",outcome="ok"}"#,
+    ] {
+        assert!(text.contains(series), "missing {series}\n{text}");
+    }
+}

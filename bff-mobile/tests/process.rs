@@ -102,3 +102,37 @@ async fn three_instances_on_one_redis_admit_exactly_the_limit() {
     let (ok, limited, other) = bff_tests::burst(&urls, &token, 1000).await;
     assert_eq!((ok, limited, other), (100, 900, 0));
 }
+
+/// SIGTERM with 20 slow requests in flight: readiness turns 503 at once, every request finishes
+/// with 200, and the process exits 0.
+#[tokio::test]
+async fn sigterm_lets_twenty_slow_requests_finish_then_exits_0() {
+    let stack = Stack::start().await;
+    let (mut bff, url) = spawn(&stack.config_file(&bff_mobile::BFF, |_| {})).await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    // Each call spends 400 ms in the content service (its timeout is 500 ms).
+    stack.fault("content", 400, 0.0).await;
+    let http = reqwest::Client::new();
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let req = http
+                .get(format!("{url}/api/catalog/items/item-{:03}", i + 1))
+                .bearer_auth(&token)
+                .send();
+            tokio::spawn(req)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    bff.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ready = http.get(format!("{url}/readyz")).send().await;
+    assert!(
+        ready.is_err() || ready.is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE),
+        "draining: not ready, or no longer accepting"
+    );
+    for req in requests {
+        let res = req.await.expect("task").expect("answered");
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(bff.wait(), Some(0));
+}

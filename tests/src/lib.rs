@@ -262,10 +262,10 @@ impl TestBff {
         let addr = listener.local_addr().expect("addr");
         let stop = CancellationToken::new();
         let app = (bff.app)(gw.clone());
-        tokio::spawn(gateway_core::server::serve(
+        tokio::spawn(gateway_core::listener::serve(
             app,
             listener,
-            Duration::from_secs(5),
+            gw.connections.clone(),
             stop.clone().cancelled_owned(),
             move || {
                 gw.set_draining();
@@ -431,7 +431,17 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        signal(self.child.id(), "-TERM");
+        self.signal("-TERM");
+        self.wait()
+    }
+
+    /// Sends a signal (`-TERM`, `-STOP`, ...).
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
         self.child.wait().ok().and_then(|s| s.code())
     }
 }

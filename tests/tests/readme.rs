@@ -63,6 +63,12 @@ fn every_configuration_key_is_documented() {
     documented("bff-partner", &(bff_partner::BFF.defaults)());
     let mut full = (bff_mobile::BFF.defaults)();
     full.redis.url = Some("redis://x".into());
+    full.server.tls = Some(gateway_core::config::TlsConfig {
+        cert_file: "cert.pem".into(),
+        key_file: "key.pem".into(),
+        client_ca_file: Some("ca.pem".into()),
+        client_cert_required: true,
+    });
     full.auth.issuers[0].pem_file = Some("k.pem".into());
     full.auth.issuers[0].pem_algorithm = Some("ES256".into());
     full.auth.issuers[0].hs256_secret = Some("s".repeat(32));

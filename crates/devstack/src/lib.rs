@@ -11,7 +11,7 @@ use dev_idp::{IdentityProvider, PartnerKeyRequest, TokenRequest};
 use gateway_core::auth::apikey::{ApiKeyStore, MemoryApiKeyStore, RedisApiKeyStore};
 use gateway_core::cli::Bff;
 use gateway_core::config::{Config, RedisConfig};
-use gateway_core::server::{Gateway, serve};
+use gateway_core::server::Gateway;
 use gateway_core::store::Redis;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -242,7 +242,6 @@ where
     }
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", bff.name))?;
-    let grace = Duration::from_millis(cfg.server.shutdown_grace_ms);
     let mut builder = Gateway::builder(bff.name, cfg);
     if let Some(keys) = keys {
         builder = builder.api_key_store(keys);
@@ -254,7 +253,8 @@ where
     let app = (bff.app)(gw.clone());
     let (stop, name) = (stop.clone(), bff.name);
     tasks.spawn(async move {
-        serve(app, listener, grace, stop.cancelled_owned(), move || {
+        let conns = gw.connections.clone();
+        gateway_core::listener::serve(app, listener, conns, stop.cancelled_owned(), move || {
             gw.set_draining()
         })
         .await

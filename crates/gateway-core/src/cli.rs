@@ -10,7 +10,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, Subcommand};
@@ -18,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::config::{Config, ConfigError};
-use crate::server::{Gateway, serve, shutdown_signal};
+use crate::server::{Gateway, shutdown_signal};
 use crate::telemetry;
 
 /// Exit code for a bad configuration (`EX_USAGE` in sysexits.h).
@@ -122,7 +121,6 @@ where
         config.server.listen = addr;
     }
     let addr = config.server.listen;
-    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     let gw = match bff.gateway(config) {
         Ok(gw) => gw,
         Err(err) => {
@@ -138,9 +136,15 @@ where
         }
     };
     let shutdown = shutdown_signal();
-    tracing::info!(bff = bff.name, %addr, "listening");
     let app = (bff.app)(gw.clone());
-    match serve(app, listener, grace, shutdown, move || gw.set_draining()).await {
+    let conns = gw.connections.clone();
+    let scheme = if gw.config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(bff = bff.name, %addr, %scheme, "listening");
+    match crate::listener::serve(app, listener, conns, shutdown, move || gw.set_draining()).await {
         Ok(()) => {
             tracing::info!(bff = bff.name, "stopped");
             ExitCode::SUCCESS

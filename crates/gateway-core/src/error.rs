@@ -127,6 +127,9 @@ pub enum GatewayError {
     /// 414: the request target is longer than the configured limit.
     #[error("URI too long")]
     UriTooLong,
+    /// 408: the client paused too long while sending the body.
+    #[error("request body timed out")]
+    BodyTimeout,
     /// 415: the request body is not in a media type the route accepts (JSON).
     #[error("unsupported media type")]
     UnsupportedMediaType,
@@ -161,6 +164,7 @@ impl GatewayError {
             Self::UpgradeRequired { .. } => StatusCode::UPGRADE_REQUIRED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -184,6 +188,7 @@ impl GatewayError {
             Self::UpgradeRequired { .. } => "CLIENT_VERSION_UNSUPPORTED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             Self::UnsupportedMediaType => "BODY_NOT_JSON",
+            Self::BodyTimeout => "BODY_TIMEOUT",
             Self::UriTooLong => "URI_TOO_LONG",
             Self::Unavailable => "UNAVAILABLE",
             Self::Internal => "INTERNAL",
@@ -220,6 +225,7 @@ impl GatewayError {
             Self::UnsupportedMediaType => {
                 "Send the body as JSON with `Content-Type: application/json`.".to_owned()
             }
+            Self::BodyTimeout => "The request body was not received in time.".to_owned(),
             Self::UriTooLong => "The request target is longer than this API accepts.".to_owned(),
             Self::Unavailable => "The service is temporarily unavailable.".to_owned(),
             Self::Internal => "An internal error occurred.".to_owned(),

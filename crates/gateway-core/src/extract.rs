@@ -36,6 +36,9 @@ where
                 code: "BODY_INVALID",
                 detail: "The body is not well-formed JSON.".into(),
             }),
+            Err(JsonRejection::BytesRejection(e)) if timed_out(&e) => {
+                Err(GatewayError::BodyTimeout)
+            }
             Err(JsonRejection::BytesRejection(_)) => Err(GatewayError::PayloadTooLarge),
             Err(_) => Err(GatewayError::BadRequest {
                 code: "BODY_INVALID",
@@ -43,4 +46,16 @@ where
             }),
         }
     }
+}
+
+/// Whether reading the body failed because the client paused too long.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<crate::server::BodyTimedOut>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }

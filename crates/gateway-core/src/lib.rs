@@ -37,6 +37,7 @@ pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod listener;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;

@@ -28,6 +28,7 @@ use futures::StreamExt;
 use crate::config::ProxyConfig;
 use crate::edge::{ClientIp, IDENTITY_HEADERS};
 use crate::error::GatewayError;
+use crate::upstream::forward::BODY_TOO_LARGE;
 use crate::upstream::{CallContext, DEADLINE_HEADER, Upstream, UpstreamError, Upstreams};
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
@@ -157,6 +158,10 @@ impl ProxyRoute {
             .await
             .map_err(|err| match err {
                 UpstreamError::Timeout => GatewayError::UpstreamTimeout(self.upstream.name.clone()),
+                UpstreamError::Rejected(why) if why == BODY_TOO_LARGE => {
+                    GatewayError::PayloadTooLarge
+                }
+                UpstreamError::Rejected(_) => GatewayError::BodyTimeout,
                 _ => GatewayError::UpstreamFailed(self.upstream.name.clone()),
             })?;
         Ok(answer(res, self.upstream.timeout))

@@ -1,7 +1,6 @@
 //! The [`Gateway`]: one BFF's shared machinery, the composition of the pipeline around its routes,
 //! and the server runner with graceful shutdown.
 
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +26,7 @@ use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache, c
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
 use crate::idempotency::Idempotency;
+use crate::listener::Connections;
 use crate::proxy::ProxyRoute;
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
 use crate::store::Redis;
@@ -62,6 +62,8 @@ pub struct Shared<C> {
     pub idempotency: Idempotency,
     /// Pass-through routes.
     pub proxies: Vec<Arc<ProxyRoute>>,
+    /// How its listener accepts and bounds connections (TLS included).
+    pub connections: Connections,
     /// Backends.
     pub upstreams: Upstreams,
     /// Shared Redis, when configured.
@@ -156,6 +158,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
         };
         let upstreams = Upstreams::new(&cfg.upstreams)?;
         let proxies = ProxyRoute::resolve(&cfg.proxy, &upstreams, cfg.server.body_limit_bytes)?;
+        let connections = Connections::from_config(&cfg.server)?;
         let trusted = cfg
             .server
             .trusted_proxies
@@ -177,6 +180,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             cache: ResponseCache::new(self.bff, &cfg.cache, Some(cache_store)),
             idempotency: Idempotency::new(&cfg.idempotency, redis.as_ref()),
             proxies,
+            connections,
             upstreams,
             redis,
             edge,
@@ -259,6 +263,9 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                         Bounds {
                             timeout: Duration::from_millis(self.config.server.request_timeout_ms),
                             body_limit: self.config.server.body_limit_bytes,
+                            body_idle: Duration::from_millis(
+                                self.config.server.body_read_timeout_ms,
+                            ),
                         },
                         bounds,
                     )),
@@ -397,7 +404,32 @@ async fn metrics() -> Response {
 struct Bounds {
     timeout: Duration,
     body_limit: usize,
+    body_idle: Duration,
 }
+
+/// A body that fails with [`BodyTimedOut`] when the client pauses longer than `idle` between
+/// chunks: a slow client cannot hold a handler (and its memory) indefinitely.
+fn idle_bounded(body: axum::body::Body, idle: Duration) -> axum::body::Body {
+    use futures::StreamExt;
+    let chunks = body.into_data_stream();
+    axum::body::Body::from_stream(futures::stream::unfold(
+        Some(chunks),
+        move |chunks| async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout(idle, chunks.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
+                Ok(Some(Err(err))) => Some((Err(axum::Error::new(err)), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(axum::Error::new(BodyTimedOut)), None)),
+            }
+        },
+    ))
+}
+
+/// The client paused too long while sending a body.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received in time")]
+pub struct BodyTimedOut;
 
 /// Refuses a declared body over the limit before reading it, and bounds the time to produce the
 /// response head (a streamed body, such as server-sent events, is not cut by this bound).
@@ -412,14 +444,20 @@ async fn bounds(State(b): State<Bounds>, mut req: Request, next: Next) -> Respon
     }
     req.extensions_mut()
         .insert(Deadline(Instant::now() + b.timeout));
+    if !axum::body::HttpBody::is_end_stream(req.body()) {
+        let body = std::mem::take(req.body_mut());
+        *req.body_mut() = idle_bounded(body, b.body_idle);
+    }
     match tokio::time::timeout(b.timeout, next.run(req)).await {
         Ok(res) => res,
         Err(_) => GatewayError::UpstreamTimeout("request".into()).into_response(),
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, lets in-flight
-/// requests finish within `grace`, and returns.
+/// Serves `app` on `listener` with the default connection bounds, plain HTTP, until `shutdown`
+/// resolves; then calls `on_drain`, stops accepting, lets in-flight requests finish within
+/// `grace`, and returns. Gateways use [`crate::listener::serve`] with their own
+/// [`Gateway::connections`].
 pub async fn serve(
     app: Router,
     listener: TcpListener,
@@ -427,30 +465,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_drain: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
-    let stop = CancellationToken::new();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut server = tokio::spawn(server.into_future());
-    tokio::select! {
-        res = &mut server => return res.unwrap_or(Ok(())),
-        () = shutdown => {}
-    }
-    on_drain();
-    stop.cancel();
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(res) => res.unwrap_or(Ok(())),
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "grace period over; closing remaining connections"
-            );
-            server.abort();
-            Ok(())
-        }
-    }
+    crate::listener::serve(app, listener, Connections::plain(grace), shutdown, on_drain).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -175,6 +175,43 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<String>,
     /// Longest request target (path and query) accepted, in bytes (414 beyond).
     pub max_uri_bytes: usize,
+    /// Largest request head (request line and headers) accepted, in bytes (431 beyond); at
+    /// least 8192.
+    pub max_header_bytes: usize,
+    /// Most request headers accepted (431 beyond).
+    pub max_headers: usize,
+    /// How long a client may take to send a request's head, in milliseconds; the connection is
+    /// closed after it (slow-header attacks).
+    pub header_read_timeout_ms: u64,
+    /// How long a client may pause while sending a body, in milliseconds (408 after it).
+    pub body_read_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// HTTP/2 streams a client may open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// TLS: serve HTTPS (HTTP/2 by ALPN) with this certificate and key.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM file of CAs whose client certificates are accepted (mutual TLS); none when absent.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: refuse clients without a certificate (`true`), or accept them
+    /// and verify only the certificates presented (`false`).
+    #[serde(default = "yes")]
+    pub client_cert_required: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for ServerConfig {
@@ -186,6 +223,13 @@ impl Default for ServerConfig {
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             trusted_proxies: Vec::new(),
             max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+            http2_max_concurrent_streams: 100,
+            tls: None,
         }
     }
 }
@@ -759,6 +803,47 @@ where
                     "must be an address or CIDR range",
                     format!("{cidr:?}"),
                 );
+            }
+        }
+        if self.server.max_header_bytes < 8192 {
+            return bad(
+                "server.max_header_bytes".into(),
+                "must be at least 8192",
+                self.server.max_header_bytes.to_string(),
+            );
+        }
+        for (key, value) in [
+            ("server.max_headers", self.server.max_headers as u64),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.http2_max_concurrent_streams",
+                u64::from(self.server.http2_max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                return bad(key.into(), "must be > 0", "0".into());
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            let files = [
+                ("server.tls.cert_file", Some(&tls.cert_file)),
+                ("server.tls.key_file", Some(&tls.key_file)),
+                ("server.tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ];
+            for (key, file) in files {
+                if let Some(f) = file
+                    && !f.is_file()
+                {
+                    return bad(key.into(), "must be a readable file", format!("{f:?}"));
+                }
             }
         }
         if self.server.request_timeout_ms == 0 {

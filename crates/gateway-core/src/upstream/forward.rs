@@ -30,7 +30,12 @@ impl Upstream {
                 match tokio::time::timeout(timeout, req.send()).await {
                     Ok(Ok(res)) => Ok(res),
                     Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout),
-                    Ok(Err(_)) => Err(UpstreamError::Failed("connect".into())),
+                    // The client's body failed (too slow, too large): not the upstream's fault,
+                    // so not a failure its breaker should count.
+                    Ok(Err(e)) => match client_body_failure(&e) {
+                        Some(why) => Err(UpstreamError::Rejected(why.into())),
+                        None => Err(UpstreamError::Failed("connect".into())),
+                    },
                     Err(_) => Err(UpstreamError::Timeout),
                 }
             }
@@ -38,3 +43,23 @@ impl Upstream {
         .await
     }
 }
+
+/// Why the client's body failed, if that is what ended the call.
+fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<crate::server::BodyTimedOut>() {
+            return Some(BODY_TIMED_OUT);
+        }
+        if c.is::<http_body_util::LengthLimitError>() {
+            return Some(BODY_TOO_LARGE);
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// [`UpstreamError::Rejected`] reasons of a pass-through call whose client body failed.
+pub const BODY_TIMED_OUT: &str = "request body timed out";
+/// See [`BODY_TIMED_OUT`].
+pub const BODY_TOO_LARGE: &str = "request body too large";

@@ -23,7 +23,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 pub mod balance;
 pub mod breaker;
 pub mod fault;
-mod forward;
+pub mod forward;
 pub mod split;
 
 use crate::auth::{Principal, PrincipalKind};
@@ -392,10 +392,17 @@ impl Upstream {
                 http.clone(),
             );
         }
+        let (label, variant) = (
+            metrics::SharedString::from_shared(Arc::<str>::from(name)),
+            metrics::SharedString::from_shared(Arc::<str>::from(variant)),
+        );
+        // The breaker's series exists from the start: closed until it opens.
+        metrics::gauge!("bff_upstream_circuit_open", "upstream" => label.clone(), "variant" => variant.clone())
+            .set(0.0);
         Upstream {
             name: name.to_owned(),
-            label: metrics::SharedString::from_shared(Arc::<str>::from(name)),
-            variant: metrics::SharedString::from_shared(Arc::<str>::from(variant)),
+            label,
+            variant,
             timeout,
             instances,
             balance: c.balance,
@@ -434,6 +441,7 @@ impl Upstreams {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(2))
+            .connector_layer(tower::layer::layer_fn(CountConnections))
             .build()
             .map_err(|e| ConfigError(format!("upstreams: cannot build HTTP client: {e}")))?;
         let by_name = cfg
@@ -867,5 +875,29 @@ mod tests {
     async fn an_empty_budget_allows_no_retry() {
         let up = upstream(2, 0, 0);
         assert_eq!(attempts(&up, UpstreamError::Failed("x".into())).await, 1);
+    }
+}
+
+/// Counts the connections the REST client opens (`bff_upstream_http_connections_total`): with
+/// `bff_upstream_calls_total` of the REST upstreams it gives connection reuse,
+/// `1 - connections / calls`.
+#[derive(Clone)]
+struct CountConnections<S>(S);
+
+impl<S: tower::Service<R>, R> tower::Service<R> for CountConnections<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        metrics::counter!("bff_upstream_http_connections_total").increment(1);
+        self.0.call(req)
     }
 }

@@ -1,0 +1,290 @@
+//! The edge on raw sockets: each hygiene rule with the status it promises, connection bounds,
+//! slow clients, and TLS (HTTP/2 by ALPN, client certificates).
+
+use std::time::Duration;
+
+use bff_tests::{Stack, TestBff};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Writes `request` as it is and returns what the server answers until it closes the connection
+/// or `wait` passes, as text.
+async fn exchange(bff: &TestBff, request: &[u8], wait: Duration) -> String {
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    conn.write_all(request).await.expect("write");
+    read_for(&mut conn, wait).await
+}
+
+async fn read_for(conn: &mut TcpStream, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, conn.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn oversized_heads_are_431() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |_| {}).await;
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: bff\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = exchange(&bff, big.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 431"), "{answer}");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: bff\r\n{many}Connection: close\r\n\r\n");
+    let answer = exchange(&bff, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 431"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_declared_oversized_body_is_413_before_it_is_read() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_partner::BFF, &stack, |_| {}).await;
+    // Ten megabytes declared, none sent: the answer cannot come from having read them.
+    let request = "POST /v1/subscriptions HTTP/1.1\r\nHost: bff\r\nContent-Type: application/json\r\n\
+                   Content-Length: 10000000\r\n\r\n";
+    let answer = exchange(&bff, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused_or_cannot_smuggle() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_partner::BFF, &stack, |_| {}).await;
+    for framing in [
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Content-Length: five\r\n",
+    ] {
+        let request = format!(
+            "POST /v1/subscriptions HTTP/1.1\r\nHost: bff\r\n{framing}Connection: close\r\n\r\nhello"
+        );
+        let answer = exchange(&bff, request.as_bytes(), WAIT).await;
+        assert!(answer.starts_with("http/1.1 400"), "{framing}: {answer}");
+    }
+    // Content-Length beside Transfer-Encoding: the chunked coding wins and the connection is
+    // closed after the answer (RFC 9112, 6.1), so what a front proxy might have read as a second
+    // request hidden in the body is never served.
+    let smuggle = "POST /v1/subscriptions HTTP/1.1\r\nHost: bff\r\nContent-Length: 4\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: bff\r\n\r\n";
+    let answer = exchange(&bff, smuggle.as_bytes(), WAIT).await;
+    assert_eq!(answer.matches("http/1.1 ").count(), 1, "{answer}");
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_is_slow_to_send_its_head_is_cut_off() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.header_read_timeout_ms = 300;
+    })
+    .await;
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: bff\r\n")
+        .await
+        .expect("write");
+    // The head never ends; the server closes the connection (with a 408 or without a word).
+    let answer = read_for(&mut conn, WAIT).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("http/1.1 408"),
+        "{answer}"
+    );
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_millis(100), conn.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "closed");
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_body_gets_408() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_partner::BFF, &stack, |c| {
+        c.server.body_read_timeout_ms = 300;
+    })
+    .await;
+    let key = stack.partner_key("acme").await;
+    let request = format!(
+        "POST /v1/subscriptions HTTP/1.1\r\nHost: bff\r\nX-Api-Key: {key}\r\nIdempotency-Key: slow-1\r\n\
+         Content-Type: application/json\r\nContent-Length: 60\r\nConnection: close\r\n\r\n{{\"user_id\""
+    );
+    let answer = exchange(&bff, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    // Through a pass-through route too, and without counting against the backend's breaker.
+    let mobile = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.body_read_timeout_ms = 300;
+        c.upstreams
+            .get_mut("content")
+            .expect("content")
+            .breaker_failures = 1;
+    })
+    .await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    let request = format!(
+        "POST /api/catalog/search HTTP/1.1\r\nHost: bff\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 60\r\nConnection: close\r\n\r\n{{\"query\""
+    );
+    let answer = exchange(&mobile, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/catalog/items/item-018", mobile.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("after");
+    assert_eq!(res.status(), StatusCode::OK, "the breaker stayed closed");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.max_connections = 2;
+    })
+    .await;
+    let idle: Vec<TcpStream> =
+        futures::future::join_all((0..2).map(|_| TcpStream::connect(bff.addr)))
+            .await
+            .into_iter()
+            .map(|c| c.expect("connect"))
+            .collect();
+    // Give the server a moment to take both into their slots.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(bff.addr).await.expect("backlog");
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: bff\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let early = read_for(&mut third, Duration::from_millis(500)).await;
+    assert!(early.is_empty(), "served past the cap: {early}");
+    drop(idle);
+    let answer = read_for(&mut third, WAIT).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn answers_say_nothing_about_what_serves_them() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |_| {}).await;
+    for target in ["/healthz", "/api/v2/user/profile", "/nope"] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: bff\r\nConnection: close\r\n\r\n");
+        let answer = exchange(&bff, request.as_bytes(), WAIT).await;
+        let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(!head.contains("\r\nserver:"), "{target}: {head}");
+        assert!(!head.contains("x-powered-by"), "{target}: {head}");
+    }
+}
+
+/// A CA, and a certificate it signed for `names`, as PEM: (ca, cert, key).
+fn issue(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+fn write(dir: &std::path::Path, name: &str, pem: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write pem");
+    path
+}
+
+#[tokio::test]
+async fn tls_serves_http2_by_alpn_and_client_certificates_can_be_required() {
+    let dir = std::env::temp_dir().join(format!("bff-edge-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (server_ca, server_cert, server_key) = issue(&["localhost"]);
+    let (client_ca, client_cert, client_key) = issue(&["acme-client"]);
+    let (cert_file, key_file) = (
+        write(&dir, "server.pem", &server_cert),
+        write(&dir, "server.key", &server_key),
+    );
+    let client_ca_file = write(&dir, "client-ca.pem", &client_ca);
+
+    let stack = Stack::start().await;
+    let plain_tls = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.tls = Some(gateway_core::config::TlsConfig {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: None,
+            client_cert_required: true,
+        });
+    })
+    .await;
+    let trust = reqwest::Certificate::from_pem(server_ca.as_bytes()).expect("ca");
+    let client = |identity: Option<reqwest::Identity>, addr: std::net::SocketAddr| {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(trust.clone())
+            .resolve("localhost", addr);
+        if let Some(id) = identity {
+            b = b.identity(id);
+        }
+        b.build().expect("client")
+    };
+    let url = |addr: std::net::SocketAddr| format!("https://localhost:{}/healthz", addr.port());
+
+    let res = client(None, plain_tls.addr)
+        .get(url(plain_tls.addr))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
+    // Plain HTTP to a TLS port is not served.
+    let plain = reqwest::get(format!("http://{}/healthz", plain_tls.addr)).await;
+    assert!(plain.is_err() || !plain.expect("answer").status().is_success());
+
+    let mtls = TestBff::start(&bff_partner::BFF, &stack, |c| {
+        c.server.tls = Some(gateway_core::config::TlsConfig {
+            cert_file: cert_file.clone(),
+            key_file: key_file.clone(),
+            client_ca_file: Some(client_ca_file.clone()),
+            client_cert_required: true,
+        });
+    })
+    .await;
+    let without = client(None, mtls.addr).get(url(mtls.addr)).send().await;
+    assert!(without.is_err(), "no client certificate, no connection");
+    let identity =
+        reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).expect("id");
+    let key = stack.partner_key("acme").await;
+    let res = client(Some(identity), mtls.addr)
+        .get(format!(
+            "https://localhost:{}/v1/subscriptions",
+            mtls.addr.port()
+        ))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .expect("mutual TLS");
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.expect("json");
+    assert!(body["data"].is_array());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unreadable_tls_files_are_named_at_start_up() {
+    let mut cfg = (bff_mobile::BFF.defaults)();
+    cfg.server.tls = Some(gateway_core::config::TlsConfig {
+        cert_file: "/nonexistent/cert.pem".into(),
+        key_file: "/nonexistent/key.pem".into(),
+        client_ca_file: None,
+        client_cert_required: true,
+    });
+    let err = cfg.validate().expect_err("missing files");
+    assert!(err.0.contains("server.tls.cert_file"), "{}", err.0);
+}
