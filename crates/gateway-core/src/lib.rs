@@ -36,6 +36,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod fuzzing;
 pub mod idempotency;
 pub mod listener;
 pub mod proxy;

@@ -32,7 +32,7 @@ use crate::upstream::forward::BODY_TOO_LARGE;
 use crate::upstream::{CallContext, DEADLINE_HEADER, Upstream, UpstreamError, Upstreams};
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -139,6 +139,7 @@ impl ProxyRoute {
             target.push_str(q);
         }
         let timeout = ctx.budget(self.upstream.timeout);
+        let started = std::time::Instant::now();
         let mut headers = request_headers(&parts.headers);
         for (name, value) in ctx.headers(timeout) {
             headers.insert(name, value);
@@ -164,12 +165,21 @@ impl ProxyRoute {
                 UpstreamError::Rejected(_) => GatewayError::BodyTimeout,
                 _ => GatewayError::UpstreamFailed(self.upstream.name.clone()),
             })?;
-        Ok(answer(res, self.upstream.timeout))
+        let mut out = answer(res, self.upstream.timeout);
+        let timing = format!(
+            "{}:{}:{:.1}ms",
+            self.upstream.name,
+            out.status().as_u16(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        out.extensions_mut()
+            .insert(crate::aggregate::UpstreamTimings(timing.into()));
+        Ok(out)
     }
 }
 
 /// The client's headers a backend may see.
-fn request_headers(from: &HeaderMap) -> HeaderMap {
+pub(crate) fn request_headers(from: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(from.len() + 8);
     let named = connection_named(from);
     for (name, value) in from {

@@ -324,6 +324,7 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                     body,
                     cache: Some(CacheStatus::Hit),
                     degraded: Vec::new(),
+                    upstreams: None,
                 });
             }
             Lookup::Stale(body) => Some(body),
@@ -376,6 +377,7 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                     body,
                     cache: Some(CacheStatus::Stale),
                     degraded: Vec::new(),
+                    upstreams: None,
                 }),
                 None => Err(err),
             },

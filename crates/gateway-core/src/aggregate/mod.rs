@@ -5,6 +5,7 @@
 //! A required part that fails ends the request at once (502, or 504 on timeout) and cancels the
 //! others; an optional one is reported in `_meta` and named in `X-Degraded`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -213,9 +214,30 @@ impl Gathered {
         Shaped {
             body: Value::Object(body),
             degraded: self.degraded(),
+            upstreams: Some(self.timings()),
         }
     }
+
+    /// Each part's outcome and latency for the access log: `user:ok:2.1ms,ads:timeout:250.3ms`.
+    pub fn timings(&self) -> Arc<str> {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.reports.len() * 24);
+        for (i, (name, r)) in self.reports.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(
+                out,
+                "{sep}{name}:{}:{}ms",
+                outcome_label(r.outcome),
+                r.latency_ms
+            );
+        }
+        out.into()
+    }
 }
+
+/// The upstream timings of an answer, for the access log (a response extension).
+#[derive(Debug, Clone)]
+pub struct UpstreamTimings(pub Arc<str>);
 
 /// A shaped answer, before it is cached and sent.
 #[derive(Debug, Clone)]
@@ -224,6 +246,8 @@ pub struct Shaped {
     pub body: Value,
     /// Parts left out; empty for a complete answer.
     pub degraded: Vec<&'static str>,
+    /// Each part's outcome and latency, for the access log.
+    pub upstreams: Option<Arc<str>>,
 }
 
 impl Shaped {
@@ -232,6 +256,7 @@ impl Shaped {
         Self {
             body,
             degraded: Vec::new(),
+            upstreams: None,
         }
     }
 }
@@ -256,6 +281,8 @@ pub struct ApiResponse {
     pub cache: Option<CacheStatus>,
     /// `X-Degraded` names.
     pub degraded: Vec<&'static str>,
+    /// Each part's outcome and latency, for the access log.
+    pub upstreams: Option<Arc<str>>,
 }
 
 impl ApiResponse {
@@ -265,6 +292,7 @@ impl ApiResponse {
             body: Bytes::from(serde_json::to_vec(&shaped.body).unwrap_or_default()),
             cache,
             degraded: shaped.degraded.clone(),
+            upstreams: shaped.upstreams.clone(),
         }
     }
 }
@@ -289,6 +317,9 @@ impl IntoResponse for ApiResponse {
             && let Ok(v) = HeaderValue::from_str(&self.degraded.join(","))
         {
             h.insert(X_DEGRADED.clone(), v);
+        }
+        if let Some(t) = self.upstreams {
+            res.extensions_mut().insert(UpstreamTimings(t));
         }
         res
     }

@@ -114,6 +114,48 @@ struct RawIssuer {
     iss: Option<Value>,
 }
 
+/// What a token says about itself before any signature work: the fields that choose the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preparsed {
+    /// The signing algorithm, one this gateway accepts.
+    pub alg: Algorithm,
+    /// The key id, if the header names one.
+    pub kid: Option<String>,
+    /// The issuer claim.
+    pub iss: String,
+}
+
+/// Pre-parses a compact JWS without verifying it: exactly three segments, a header with a known
+/// `alg` and no `crit`, a payload with a string `iss`. Everything here is hostile input; nothing
+/// is trusted until the signature is verified with a key of the issuer named. Fuzzed
+/// (`fuzz/fuzz_targets/token.rs`).
+pub fn preparse(token: &str) -> Result<Preparsed, AuthFailure> {
+    let mut segments = token.split('.');
+    let (Some(header), Some(payload), Some(_sig), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(AuthFailure::Invalid);
+    };
+    let header: RawHeader = decode_segment(header).ok_or(AuthFailure::Invalid)?;
+    if header.crit.is_some() {
+        return Err(AuthFailure::Invalid);
+    }
+    let alg = parse_algorithm(&header.alg).ok_or(AuthFailure::Invalid)?;
+    let raw: RawIssuer = decode_segment(payload).ok_or(AuthFailure::Invalid)?;
+    match raw.iss {
+        Some(Value::String(iss)) => Ok(Preparsed {
+            alg,
+            kid: header.kid,
+            iss,
+        }),
+        Some(_) => Err(AuthFailure::Invalid),
+        None => Err(AuthFailure::WrongIssuer),
+    }
+}
+
 // === impl JwtVerifier ===
 
 impl JwtVerifier {
@@ -198,31 +240,12 @@ impl JwtVerifier {
 
     async fn verify_uncached(&self, token: &str) -> Result<Verified, GatewayError> {
         let invalid = GatewayError::Unauthenticated(AuthFailure::Invalid);
-        let mut segments = token.split('.');
-        let (Some(header), Some(payload), Some(_sig), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
-            return Err(invalid);
-        };
-        let header: RawHeader = decode_segment(header).ok_or(invalid.clone())?;
-        if header.crit.is_some() {
-            return Err(invalid);
-        }
-        let alg = parse_algorithm(&header.alg).ok_or(invalid.clone())?;
-        let raw: RawIssuer = decode_segment(payload).ok_or(invalid.clone())?;
-        let iss = match raw.iss {
-            Some(Value::String(iss)) => iss,
-            Some(_) => return Err(invalid),
-            None => return Err(GatewayError::Unauthenticated(AuthFailure::WrongIssuer)),
-        };
+        let Preparsed { alg, kid, iss } = preparse(token).map_err(GatewayError::Unauthenticated)?;
         let issuer = self
             .issuers
             .get(&iss)
             .ok_or(GatewayError::Unauthenticated(AuthFailure::WrongIssuer))?;
-        let key = issuer.key_for(header.kid.as_deref(), alg).await?;
+        let key = issuer.key_for(kid.as_deref(), alg).await?;
 
         let mut validation = Validation::new(alg);
         validation.leeway = self.leeway_secs;

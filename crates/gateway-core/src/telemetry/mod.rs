@@ -92,6 +92,10 @@ pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Ne
         .map(|p| p.subject.clone());
     let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
     let variants = variants.map(|v| v.render());
+    let upstreams = res
+        .extensions()
+        .get::<crate::aggregate::UpstreamTimings>()
+        .map(|t| t.0.clone());
     tracing::info!(
         target: "access",
         bff,
@@ -106,6 +110,7 @@ pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Ne
         cache = res.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or(""),
         degraded = res.headers().get("x-degraded").and_then(|v| v.to_str().ok()).unwrap_or(""),
         variants = variants.as_deref().unwrap_or(""),
+        upstreams = upstreams.as_deref().unwrap_or(""),
     );
     let status_label = status.to_string();
     metrics::counter!("bff_requests_total", "bff" => bff, "route" => route.clone(), "status" => status_label)
@@ -213,5 +218,57 @@ mod tests {
             .find(|l| l.contains("\"target\":\"access\""))
             .expect("an access line");
         assert!(line.contains("\"variants\":\"content=v2\""), "{line}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_access_line_carries_each_parts_outcome_and_latency() {
+        use crate::aggregate::{FanOut, Need};
+        use crate::upstream::UpstreamError;
+        use std::time::Duration;
+        let app = Router::new()
+            .route(
+                "/x",
+                get(|| async {
+                    let gathered = FanOut::new()
+                        .part("user", Need::Required, Duration::from_secs(1), async {
+                            Ok(serde_json::json!({}))
+                        })
+                        .part("ads", Need::Optional, Duration::from_secs(1), async {
+                            Err(UpstreamError::Failed("down".into()))
+                        })
+                        .run()
+                        .await
+                        .expect("gathered");
+                    let shaped = gathered.respond(serde_json::Map::new());
+                    crate::aggregate::ApiResponse::from_shaped(&shaped, None)
+                }),
+            )
+            .layer(middleware::from_fn_with_state(
+                AccessLog {
+                    bff: "test",
+                    variants: false,
+                },
+                access_log,
+            ));
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let res = app
+            .oneshot(Request::get("/x").body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        assert!(res.status().is_success());
+        let logs = String::from_utf8(out.0.lock().expect("logs").clone()).expect("utf-8");
+        let line = logs
+            .lines()
+            .find(|l| l.contains("\"target\":\"access\""))
+            .expect("an access line");
+        assert!(line.contains("user:ok:"), "{line}");
+        assert!(line.contains("ads:error:"), "{line}");
     }
 }
