@@ -265,8 +265,7 @@ pub async fn get_subscription(
     let Ok(Path(id)) = id else {
         return Err(not_found());
     };
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    if !valid_id(&id) {
         return Err(not_found());
     }
     let partner = ctx.subject()?.to_owned();
@@ -318,17 +317,7 @@ pub async fn create_subscription(
     body: Result<JsonBody<Value>, GatewayError>,
 ) -> Result<Response, GatewayError> {
     let version = Version::of_request(&headers, ctx.principal.as_ref())?;
-    let key = match headers.get(idempotency::HEADER).map(HeaderValue::to_str) {
-        None => {
-            return Err(GatewayError::BadRequest {
-                code: "IDEMPOTENCY_KEY_MISSING",
-                detail: "Every POST needs an `Idempotency-Key` header, such as a new UUID.".into(),
-            });
-        }
-        Some(Ok(key)) => key,
-        Some(Err(_)) => "",
-    };
-    idempotency::check_key(key)?;
+    let key = idempotency_key(&headers)?;
     let JsonBody(body) = body?;
     let new = versions::create_request(version, body)?;
     let partner = ctx.subject()?.to_owned();
@@ -358,9 +347,95 @@ pub async fn create_subscription(
             })
         }
     };
+    once(&gw, &partner, key, &fingerprint, version, write).await
+}
+
+/// `POST /v1/subscriptions/{id}/cancel`: cancels one of the partner's subscriptions, at most once
+/// per `Idempotency-Key`. Cancelling a cancelled subscription answers it unchanged.
+#[utoipa::path(
+    post,
+    path = "/v1/subscriptions/{id}/cancel",
+    tag = "subscriptions",
+    params(("id" = String, Path, description = "The subscription's id.", max_length = 64), IdempotencyHeader, VersionHeader),
+    responses(
+        (status = 200, description = "The cancelled subscription.", body = Subscription),
+        (status = 400, description = "`Idempotency-Key` or `Partner-Version` is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "The API key is missing or unknown.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscription for this partner.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this key is still in progress.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used with another request.", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit or daily quota.", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The subscription service failed.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Limits or idempotency records cannot be reached right now.", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The subscription service did not answer in time.", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_subscription(
+    State(gw): State<Gw>,
+    ctx: CallContext,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, GatewayError> {
+    let version = Version::of_request(&headers, ctx.principal.as_ref())?;
+    let key = idempotency_key(&headers)?;
+    let not_found = || GatewayError::NotFound("subscription with this id".into());
+    let Ok(Path(id)) = id else {
+        return Err(not_found());
+    };
+    if !valid_id(&id) {
+        return Err(not_found());
+    }
+    let partner = ctx.subject()?.to_owned();
+    let fingerprint = format!("POST /v1/subscriptions/{id}/cancel");
+    let sub = gw.upstreams.expect("subscription")?;
+    let budget = ctx.budget(sub.timeout);
+    let write = {
+        let partner = partner.clone();
+        async move {
+            // Another partner's subscription does not exist for this one: 404 either way.
+            let cancelled = required(budget, backends::cancel_subscription(sub, ctx, id, partner))
+                .await
+                .map_err(|e| match e {
+                    GatewayError::NotFound(_) => not_found(),
+                    other => other,
+                })?;
+            Ok(Answer {
+                status: StatusCode::OK.as_u16(),
+                body: current(&cancelled)?,
+            })
+        }
+    };
+    once(&gw, &partner, key, &fingerprint, version, write).await
+}
+
+/// The request's `Idempotency-Key`: 400 when missing or malformed.
+fn idempotency_key(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    let key = match headers.get(idempotency::HEADER).map(HeaderValue::to_str) {
+        None => {
+            return Err(GatewayError::BadRequest {
+                code: "IDEMPOTENCY_KEY_MISSING",
+                detail: "Every POST needs an `Idempotency-Key` header, such as a new UUID.".into(),
+            });
+        }
+        Some(Ok(key)) => key,
+        Some(Err(_)) => "",
+    };
+    idempotency::check_key(key)?;
+    Ok(key)
+}
+
+/// Runs `write` at most once for the partner's `key` and answers for `version`, replayed or not.
+async fn once(
+    gw: &Gw,
+    partner: &str,
+    key: &str,
+    fingerprint: &str,
+    version: Version,
+    write: impl Future<Output = Result<Answer, GatewayError>> + Send + 'static,
+) -> Result<Response, GatewayError> {
     let (stored, replayed) = match gw
         .idempotency
-        .run(&partner, key, fingerprint.as_bytes(), write)
+        .run(partner, key, fingerprint.as_bytes(), write)
         .await?
     {
         Outcome::Performed(a) => (a, false),
@@ -374,6 +449,11 @@ pub async fn create_subscription(
         stored.body,
         replayed,
     ))
+}
+
+/// Subscription ids: 1 to 64 of A-Z, a-z, 0-9 and '-'.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// `GET /openapi.json`: the current version's OpenAPI 3.1 description.
@@ -480,7 +560,7 @@ fn answer(
         description = "Subscriptions for partners. Authenticate with `X-Api-Key` or `Authorization: Bearer`. \
             This document describes version 2025-06-01; send `Partner-Version` to use another."
     ),
-    paths(list_subscriptions, get_subscription, create_subscription),
+    paths(list_subscriptions, get_subscription, create_subscription, cancel_subscription),
     components(schemas(Subscription, SubscriptionList, CreateSubscription, Price, Plan, Status, Problem)),
     modifiers(&Security),
     security(("api_key" = []), ("bearer" = [])),

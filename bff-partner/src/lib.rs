@@ -8,6 +8,7 @@
 //! | `GET /v1/subscriptions?page_size=N&page_token=T` | subscription |
 //! | `GET /v1/subscriptions/{id}` | subscription |
 //! | `POST /v1/subscriptions` (`Idempotency-Key` required) | subscription |
+//! | `POST /v1/subscriptions/{id}/cancel` (`Idempotency-Key` required) | subscription |
 //! | `GET /openapi.json` (no key needed) | none |
 
 pub mod api;
@@ -16,7 +17,7 @@ pub mod versions;
 use std::collections::BTreeMap;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 use gateway_core::Gateway;
 use gateway_core::config::{
     Algorithm, AuthMode, Config, DEV_GRPC_URL, FailureMode, PolicyConfig, QuotaConfig,
@@ -69,7 +70,11 @@ pub fn app(gw: Gateway<PartnerClient>) -> Router {
             "/v1/subscriptions",
             get(api::list_subscriptions).post(api::create_subscription),
         )
-        .route("/v1/subscriptions/{id}", get(api::get_subscription));
+        .route("/v1/subscriptions/{id}", get(api::get_subscription))
+        .route(
+            "/v1/subscriptions/{id}/cancel",
+            post(api::cancel_subscription),
+        );
     let public = Router::new().route("/openapi.json", get(api::openapi));
     gw.router_with_public(api, public)
 }

@@ -387,3 +387,63 @@ async fn the_openapi_document_is_public_and_current() {
     assert!(doc["paths"]["/v1/subscriptions"]["post"].is_object());
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
 }
+
+#[tokio::test]
+async fn a_partner_cancels_its_own_subscriptions_once() {
+    let stack = Stack::start().await;
+    let partner = TestBff::start(&bff_partner::BFF, &stack, |_| {}).await;
+    let key = stack.partner_key("acme").await;
+    let http = reqwest::Client::new();
+    let created: Value = create(
+        &http,
+        &partner.url,
+        &key,
+        Some("create-9"),
+        serde_json::json!({"user_id": "user-0009", "plan": "standard"}),
+    )
+    .await
+    .json()
+    .await
+    .expect("json");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["status"], "active");
+    let cancel = |key: &str, idem: &str| {
+        http.post(format!("{}/v1/subscriptions/{id}/cancel", partner.url))
+            .header("x-api-key", key)
+            .header("idempotency-key", idem)
+            .send()
+    };
+
+    let globex = stack.partner_key("globex").await;
+    let res = cancel(&globex, "c-1").await.expect("cancel");
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "not globex's to cancel"
+    );
+
+    let res = cancel(&key, "c-1").await.expect("cancel");
+    assert_eq!(res.status(), StatusCode::OK);
+    let cancelled: Value = res.json().await.expect("json");
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["id"], created["id"]);
+    let again = cancel(&key, "c-1").await.expect("cancel");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let missing = http
+        .post(format!("{}/v1/subscriptions/{id}/cancel", partner.url))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("cancel");
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let now: Value = http
+        .get(format!("{}/v1/subscriptions/{id}", partner.url))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(now["status"], "cancelled");
+}

@@ -11,8 +11,8 @@ use demo_backends::proto::preferences::{
     GetPreferencesRequest, preferences_service_client::PreferencesServiceClient,
 };
 use demo_backends::proto::subscription::{
-    CreateSubscriptionRequest, GetSubscriptionRequest, ListSubscriptionsRequest, Subscription,
-    subscription_service_client::SubscriptionServiceClient,
+    CancelSubscriptionRequest, CreateSubscriptionRequest, GetSubscriptionRequest,
+    ListSubscriptionsRequest, Subscription, subscription_service_client::SubscriptionServiceClient,
 };
 use demo_backends::proto::user::{GetUserRequest, user_service_client::UserServiceClient};
 use gateway_core::upstream::{Upstream, Upstreams};
@@ -219,6 +219,25 @@ pub async fn create_subscription(
             let mut client = SubscriptionServiceClient::new(instance.channel());
             let req = ctx.grpc(req, up.timeout);
             async move { Ok(client.create_subscription(req).await?.into_inner()) }
+        })
+        .await?;
+    Ok(subscription_json(&s))
+}
+
+/// `SubscriptionService.CancelSubscription` of `id` on behalf of `partner_id`. Cancelling is
+/// idempotent upstream, but it is a write: not retried here either.
+pub async fn cancel_subscription(
+    up: Arc<Upstream>,
+    ctx: CallContext,
+    id: String,
+    partner_id: String,
+) -> Result<Value, UpstreamError> {
+    let req = CancelSubscriptionRequest { id, partner_id };
+    let s = up
+        .call(&ctx, |instance| {
+            let mut client = SubscriptionServiceClient::new(instance.channel());
+            let req = ctx.grpc(req, up.timeout);
+            async move { Ok(client.cancel_subscription(req).await?.into_inner()) }
         })
         .await?;
     Ok(subscription_json(&s))

@@ -11,8 +11,9 @@ use crate::proto::preferences::{
     GetPreferencesRequest, Preferences, preferences_service_server::PreferencesService,
 };
 use crate::proto::subscription::{
-    CreateSubscriptionRequest, GetSubscriptionRequest, ListSubscriptionsRequest,
-    ListSubscriptionsResponse, Subscription, subscription_service_server::SubscriptionService,
+    CancelSubscriptionRequest, CreateSubscriptionRequest, GetSubscriptionRequest,
+    ListSubscriptionsRequest, ListSubscriptionsResponse, Subscription,
+    subscription_service_server::SubscriptionService,
 };
 use crate::proto::user::{GetUserRequest, User, user_service_server::UserService};
 use crate::subscriptions::StoreFull;
@@ -151,6 +152,19 @@ impl SubscriptionService for Grpc {
             subscriptions,
             next_page_token: next.map(|p| p.to_string()).unwrap_or_default(),
         }))
+    }
+
+    async fn cancel_subscription(
+        &self,
+        request: Request<CancelSubscriptionRequest>,
+    ) -> Result<Response<Subscription>, Status> {
+        self.admit(Service::Subscription, &request).await?;
+        let CancelSubscriptionRequest { id, partner_id } = request.get_ref();
+        self.0
+            .subscriptions
+            .cancel(id, partner_id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("subscription {id} not found")))
     }
 
     async fn create_subscription(

@@ -56,6 +56,23 @@ impl SubscriptionStore {
         self.created().subscriptions.get(n - 1).cloned()
     }
 
+    /// Cancels created subscription `id` if `partner_id` created it: the cancelled record, or
+    /// `None` when there is no such subscription for that partner.
+    pub(crate) fn cancel(&self, id: &str, partner_id: &str) -> Option<Subscription> {
+        let digits = id.strip_prefix("sub-")?;
+        if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: usize = digits.parse().ok()?;
+        let mut created = self.created.write().unwrap_or_else(PoisonError::into_inner);
+        let subscription = created.subscriptions.get_mut(n.checked_sub(1)?)?;
+        if subscription.partner_id != partner_id || partner_id.is_empty() {
+            return None;
+        }
+        "cancelled".clone_into(&mut subscription.status);
+        Some(subscription.clone())
+    }
+
     /// The user's most recently created subscription, else their seeded one.
     pub(crate) fn current_for_user(&self, user_id: &str) -> Option<Subscription> {
         let created = self.created();
