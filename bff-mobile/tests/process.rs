@@ -136,3 +136,111 @@ async fn sigterm_lets_twenty_slow_requests_finish_then_exits_0() {
     }
     assert_eq!(bff.wait(), Some(0));
 }
+
+mod otlp {
+    //! A minimal OTLP/gRPC collector that keeps the spans it receives.
+
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    #[derive(Clone, Default)]
+    pub struct Collector(pub Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let spans = request
+                .into_inner()
+                .resource_spans
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans);
+            self.0.lock().expect("spans").extend(spans);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Serves a collector on `port` until the test ends.
+    pub fn start(port: u16) -> Collector {
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve(([127, 0, 0, 1], port).into()),
+        );
+        collector
+    }
+}
+
+/// With `telemetry.otlp_endpoint`, the binary exports a server span per request that continues the
+/// client's trace, and the backend calls name that span as their parent; the last batch is sent
+/// on SIGTERM. (Several worker threads: the collector must run while the test waits for the
+/// process to exit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_reach_an_otlp_collector_in_the_callers_trace() {
+    let port = free_port();
+    let collector = otlp::start(port);
+    let stack = Stack::start().await;
+    let config = stack.config_file(&bff_mobile::BFF, |c| {
+        c.telemetry.otlp_endpoint = Some(format!("http://127.0.0.1:{port}"));
+    });
+    let (mut bff, url) = spawn(&config).await;
+    let token = stack.user_token("user-0042", "profile:read").await;
+    let res = reqwest::Client::new()
+        .get(format!("{url}/api/v2/user/profile"))
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .expect("profile");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(bff.terminate(), Some(0));
+
+    let mut spans = Vec::new();
+    for _ in 0..100 {
+        spans = collector.0.lock().expect("spans").clone();
+        if !spans.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let span = spans
+        .iter()
+        .find(|s| s.name == "GET /api/v2/user/profile")
+        .unwrap_or_else(|| panic!("no request span among {spans:?}"));
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(hex(&span.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+    let seen: serde_json::Value = stack
+        .http
+        .get(format!("{}/admin/last-traceparent", stack.rest))
+        .send()
+        .await
+        .expect("traceparent")
+        .json()
+        .await
+        .expect("json");
+    let user = seen["user"].as_str().expect("user saw a traceparent");
+    assert_eq!(
+        user,
+        format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+            hex(&span.span_id)
+        ),
+        "the backend call's parent is the exported span"
+    );
+}

@@ -116,7 +116,7 @@ async fn run<C>(bff: &Bff<C>, mut config: Config<C>, listen: Option<SocketAddr>)
 where
     C: Serialize + DeserializeOwned + Default + Send + Sync + 'static,
 {
-    telemetry::init_logging(&config.telemetry);
+    telemetry::init(&config.telemetry, bff.name);
     if let Some(addr) = listen {
         config.server.listen = addr;
     }
@@ -147,6 +147,7 @@ where
     match crate::listener::serve(app, listener, conns, shutdown, move || gw.set_draining()).await {
         Ok(()) => {
             tracing::info!(bff = bff.name, "stopped");
+            telemetry::shutdown_tracing().await;
             ExitCode::SUCCESS
         }
         Err(err) => {

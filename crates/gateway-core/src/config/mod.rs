@@ -242,6 +242,12 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// A `tracing` filter such as `info` or `info,gateway_core=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// OTLP/gRPC endpoint of an OpenTelemetry collector (`http://otel-collector:4317`): export a
+    /// span per request there. Off when absent.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1; a request that continues a trace follows its
+    /// caller's decision.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -249,6 +255,8 @@ impl Default for TelemetryConfig {
         Self {
             log_format: LogFormat::Pretty,
             log_level: "info".to_owned(),
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
         }
     }
 }
@@ -804,6 +812,23 @@ where
                     format!("{cidr:?}"),
                 );
             }
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !endpoint.starts_with("http://")
+            && !endpoint.starts_with("https://")
+        {
+            return bad(
+                "telemetry.otlp_endpoint".into(),
+                "must be an http(s) URL",
+                format!("{endpoint:?}"),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            return bad(
+                "telemetry.trace_sample_ratio".into(),
+                "must be between 0 and 1",
+                self.telemetry.trace_sample_ratio.to_string(),
+            );
         }
         if self.server.max_header_bytes < 8192 {
             return bad(

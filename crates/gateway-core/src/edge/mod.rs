@@ -48,6 +48,11 @@ pub struct TraceContext {
     pub span_id: [u8; 8],
     /// Trace flags (sampled = 1).
     pub flags: u8,
+    /// The caller's span id, when the request continued a trace.
+    pub parent_id: Option<[u8; 8]>,
+    /// Whether `span_id` is an exported span (OpenTelemetry on): backend calls then name it as
+    /// their parent; otherwise each call gets a span id of its own.
+    pub exported: bool,
 }
 
 impl TraceContext {
@@ -56,10 +61,12 @@ impl TraceContext {
         value
             .and_then(|v| v.to_str().ok())
             .and_then(Self::parse)
-            .map(|(trace_id, flags)| Self {
+            .map(|(trace_id, parent_id, flags)| Self {
                 trace_id,
                 span_id: random_span(),
                 flags,
+                parent_id: Some(parent_id),
+                exported: false,
             })
             .unwrap_or_else(|| {
                 let mut trace_id = [0u8; 16];
@@ -68,11 +75,13 @@ impl TraceContext {
                     trace_id,
                     span_id: random_span(),
                     flags: 1,
+                    parent_id: None,
+                    exported: false,
                 }
             })
     }
 
-    fn parse(s: &str) -> Option<([u8; 16], u8)> {
+    fn parse(s: &str) -> Option<([u8; 16], [u8; 8], u8)> {
         let mut parts = s.split('-');
         let (Some("00"), Some(trace), Some(parent), Some(flags), None) = (
             parts.next(),
@@ -90,7 +99,7 @@ impl TraceContext {
         if trace_id == [0; 16] || parent_id == [0; 8] {
             return None;
         }
-        Some((trace_id, flags))
+        Some((trace_id, parent_id, flags))
     }
 
     /// The trace id in lower-case hex.
@@ -98,12 +107,18 @@ impl TraceContext {
         hex(&self.trace_id)
     }
 
-    /// A `traceparent` for an outgoing call: same trace, a fresh span id for the call.
+    /// A `traceparent` for an outgoing call: same trace; as parent, the request's exported span,
+    /// or else a fresh span id for the call.
     pub fn child_header(&self) -> String {
+        let parent = if self.exported {
+            self.span_id
+        } else {
+            random_span()
+        };
         format!(
             "00-{}-{}-{:02x}",
             hex(&self.trace_id),
-            hex(&random_span()),
+            hex(&parent),
             self.flags
         )
     }

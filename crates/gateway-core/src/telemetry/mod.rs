@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::auth::Principal;
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::edge::RequestId;
+use crate::edge::{RequestId, TraceContext};
 use crate::error::ErrorCode;
 use crate::upstream::split::Variants;
 
@@ -25,16 +25,126 @@ const LATENCY_BUCKETS: [f64; 14] = [
 
 /// Installs the global log subscriber once; later calls do nothing (tests build many gateways).
 pub fn init_logging(cfg: &TelemetryConfig) {
+    init(cfg, "bff");
+}
+
+/// Installs logging and, with `telemetry.otlp_endpoint`, OpenTelemetry tracing for `service`:
+/// one server span per request, continuing the caller's `traceparent`, exported over OTLP/gRPC
+/// in batches. Call inside the runtime; call [`shutdown_tracing`] before exiting so the last
+/// batch is sent.
+pub fn init(cfg: &TelemetryConfig, service: &'static str) {
+    type Base = tracing_subscriber::layer::Layered<EnvFilter, tracing_subscriber::Registry>;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match cfg.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers: Vec<Box<dyn Layer<Base> + Send + Sync>> = vec![match cfg.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Pretty => fmt.boxed(),
+    }];
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        match otlp_tracer(endpoint, cfg.trace_sample_ratio, service) {
+            Ok(tracer) => layers.push(tracing_opentelemetry::layer().with_tracer(tracer).boxed()),
+            Err(err) => eprintln!("{service}: OpenTelemetry export disabled: {err}"),
+        }
+    }
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init();
+}
+
+static TRACER_PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+fn otlp_tracer(
+    endpoint: &str,
+    ratio: f64,
+    service: &'static str,
+) -> Result<opentelemetry_sdk::trace::Tracer, String> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer(service);
+    TRACER_PROVIDER
+        .set(provider)
+        .map_err(|_| "a tracer provider is already installed".to_owned())?;
+    Ok(tracer)
+}
+
+/// Sends the spans still buffered and stops the exporter; a no-op without OTLP.
+pub async fn shutdown_tracing() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        let provider = provider.clone();
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}
+
+/// Whether request spans are exported.
+fn tracing_exported() -> bool {
+    TRACER_PROVIDER.get().is_some()
+}
+
+/// The server span of one request, continuing the caller's trace; the request's
+/// [`TraceContext`] then names this span, so every backend call's `traceparent` points at it.
+fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::Span {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{} {route}", req.method()),
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        bff,
+    );
+    let Some(trace) = req.extensions().get::<TraceContext>().copied() else {
+        return span;
+    };
+    if let Some(parent) = trace.parent_id {
+        let remote = SpanContext::new(
+            TraceId::from_bytes(trace.trace_id),
+            SpanId::from_bytes(parent),
+            TraceFlags::new(trace.flags),
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    if own.is_valid() {
+        req.extensions_mut().insert(TraceContext {
+            trace_id: own.trace_id().to_bytes(),
+            span_id: own.span_id().to_bytes(),
+            flags: own.trace_flags().to_u8(),
+            parent_id: trace.parent_id,
+            exported: true,
+        });
+    }
+    span
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -83,7 +193,15 @@ pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Ne
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let request_id = req.extensions().get::<RequestId>().cloned();
-    let res = next.run(req).await;
+    let res = if tracing_exported() {
+        use tracing::Instrument;
+        let span = request_span(&mut req, &route, bff);
+        let res = next.run(req).instrument(span.clone()).await;
+        span.record("http.response.status_code", res.status().as_u16());
+        res
+    } else {
+        next.run(req).await
+    };
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
     let subject = res
