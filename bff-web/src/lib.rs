@@ -5,6 +5,7 @@
 //! | route | scope | parts | cache |
 //! |---|---|---|---|
 //! | `GET /api/profile` | `profile:read` | user (required), subscription, preferences | 60 s per user |
+//! | `GET /api/items/{id}` | `feed:read` | item with related items (content over GraphQL, required), for_you (recommendations) | 60 s per user |
 //! | `GET /api/events` | `events:read` | server-sent events: `subscription`, `recommendations` on change; heartbeats | none |
 
 mod events;
@@ -18,7 +19,9 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use backend_clients as backends;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
-use gateway_core::{ApiResponse, CallContext, Gateway, GatewayError, RequireScopeLayer};
+use gateway_core::{
+    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
@@ -64,6 +67,7 @@ pub const BFF: gateway_core::cli::Bff<WebClient> = gateway_core::cli::Bff {
 };
 
 const PROFILE: &str = "/api/profile";
+const ITEM: &str = "/api/items/{id}";
 const EVENTS: &str = "/api/events";
 
 /// Built-in defaults: port 8082, devstack's identity provider and backends.
@@ -108,6 +112,7 @@ pub fn app(gw: Gw) -> Router {
             PROFILE,
             get(profile).layer(RequireScopeLayer::new("profile:read")),
         )
+        .route(ITEM, get(item).layer(RequireScopeLayer::new("feed:read")))
         .route(
             EVENTS,
             get(events::events).layer(RequireScopeLayer::new("events:read")),
@@ -137,4 +142,88 @@ async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, 
         },
     )
     .await
+}
+
+/// `GET /api/items/{id}`: a title page: the item in full with its related items (one GraphQL
+/// query to the content service) and the user's recommendations beside it.
+async fn item(
+    State(gw): State<Gw>,
+    ctx: CallContext,
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<ApiResponse, GatewayError> {
+    let Ok(axum::extract::Path(id)) = id else {
+        return Err(GatewayError::NotFound("item with this id".into()));
+    };
+    let user_id = ctx.subject()?.to_owned();
+    let key = gw.cache.key(&user_id, &format!("items/{id}"), "v1");
+    gw.cached(
+        ITEM,
+        &key,
+        Duration::from_secs(60),
+        Duration::ZERO,
+        || async {
+            let (content, recs) = (
+                gw.upstreams.expect("content")?,
+                gw.upstreams.expect("recommendations")?,
+            );
+            let (c, r) = (content.timeout, recs.timeout);
+            let mut parts = FanOut::new()
+                .part(
+                    "item",
+                    Need::Required,
+                    c,
+                    backends::item_detail(content, ctx.clone(), id.clone()),
+                )
+                .part(
+                    "for_you",
+                    Need::Optional,
+                    r,
+                    backends::recommendations(recs, ctx.clone(), user_id.clone(), 6),
+                )
+                .run()
+                .await
+                .map_err(|e| match e {
+                    GatewayError::NotFound(_) => GatewayError::NotFound("item with this id".into()),
+                    other => other,
+                })?;
+            let item = parts.take("item").unwrap_or(Value::Null);
+            let for_you = parts
+                .take("for_you")
+                .and_then(|mut r| r.get_mut("items").map(Value::take))
+                .unwrap_or(Value::Null);
+            let mut body = Map::new();
+            body.insert("item".to_owned(), web_item(&item));
+            body.insert("for_you".to_owned(), for_you);
+            Ok(parts.respond(body))
+        },
+    )
+    .await
+}
+
+/// The web's shape of an item: every public field, a large image, related items as small cards.
+fn web_item(item: &Value) -> Value {
+    let image = |v: &Value, width: u32| {
+        v["imageUrl"]
+            .as_str()
+            .map_or(Value::Null, |u| Value::from(format!("{u}?w={width}")))
+    };
+    let related: Vec<Value> = item["related"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|x| serde_json::json!({"id": x["id"], "title": x["title"], "image": image(x, 320)}))
+                .collect()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "id": item["id"],
+        "title": item["title"],
+        "description": item["description"],
+        "genre": item["genre"],
+        "year": item["year"],
+        "duration_min": item["durationMin"],
+        "rating": item["rating"],
+        "image": image(item, 1280),
+        "related": related,
+    })
 }

@@ -163,3 +163,65 @@ async fn events_stream_state_changes_and_heartbeats_and_end_on_drain() {
     .await;
     assert!(rest.is_ok(), "the stream ends when the gateway drains");
 }
+
+/// The title page takes the item and its related items from the content service's GraphQL API in
+/// one query, beside the user's recommendations over REST.
+#[tokio::test]
+async fn the_title_page_is_one_graphql_query_and_a_rest_call() {
+    let stack = Stack::start().await;
+    let web = TestBff::start(&bff_web::BFF, &stack, |_| {}).await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("{}{path}", web.url))
+            .bearer_auth(&token)
+            .send()
+    };
+    let before = stack.hits().await["content"].as_u64().expect("hits");
+    let res = get("/api/items/item-018").await.expect("item");
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["item"]["id"], "item-018");
+    assert!(body["item"]["description"].is_string());
+    assert!(
+        body["item"]["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with("?w=1280"))
+    );
+    let related = body["item"]["related"].as_array().expect("related");
+    assert!(!related.is_empty() && related.len() <= 6, "{body}");
+    assert!(related[0]["title"].is_string());
+    assert!(body["for_you"].is_array(), "{body}");
+    assert_eq!(body["_meta"]["parts"]["item"]["outcome"], "ok");
+    assert!(!body.to_string().contains("internal"));
+    let calls = stack.hits().await["content"].as_u64().expect("hits") - before;
+    assert_eq!(calls, 1, "item and related items in one GraphQL call");
+
+    assert_eq!(
+        get("/api/items/item-999999").await.expect("item").status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Recommendations failing leave a partial page; the content service failing, none.
+    stack.fault("recommendations", 0, 1.0).await;
+    let res = get("/api/items/item-019").await.expect("item");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-degraded"], "for_you");
+    stack.fault("content", 0, 1.0).await;
+    let res = get("/api/items/item-020").await.expect("item");
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+
+    // The GraphQL API itself bounds what one query may ask for.
+    stack.reset().await;
+    let deep = "{ item(id: \"item-018\") { related { related { related { related { related { related { id } } } } } } } }";
+    let res: Value = http
+        .post(format!("{}/graphql", stack.rest))
+        .json(&serde_json::json!({ "query": deep }))
+        .send()
+        .await
+        .expect("graphql")
+        .json()
+        .await
+        .expect("json");
+    assert!(res["errors"].is_array(), "{res}");
+}

@@ -280,6 +280,27 @@ pub async fn content_item(
     public(up.get_json(&ctx, &format!("/content/items/{id}")).await?)
 }
 
+/// The content service's GraphQL query for one item with its related items, in one round trip.
+const ITEM_QUERY: &str = "query Item($id: ID!) { item(id: $id) { id title description genre year \
+     durationMin rating imageUrl related(limit: 6) { id title imageUrl } } }";
+
+/// One item and its related items over GraphQL: `{"id", "title", ..., "related": [...]}`.
+pub async fn item_detail(
+    up: Arc<Upstream>,
+    ctx: CallContext,
+    id: String,
+) -> Result<Value, UpstreamError> {
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') || id.is_empty() || id.len() > 64
+    {
+        return Err(UpstreamError::NotFound);
+    }
+    let mut data = up.graphql(&ctx, ITEM_QUERY, json!({ "id": id })).await?;
+    match data.get_mut("item").map(Value::take) {
+        Some(item) if item.is_object() => Ok(item),
+        _ => Err(UpstreamError::NotFound),
+    }
+}
+
 /// `GET /ads?user_id=..&placement=..&limit=..`: `{"ads": [...]}`.
 pub async fn ads(
     up: Arc<Upstream>,

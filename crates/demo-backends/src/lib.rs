@@ -24,6 +24,7 @@ use tonic::transport::server::TcpIncoming;
 
 mod control;
 mod data;
+mod graphql;
 mod grpc;
 mod rest;
 mod subscriptions;

@@ -24,7 +24,7 @@ const MAX_ADS_LIMIT: usize = 10;
 const DEFAULT_RECS_LIMIT: usize = 10;
 const MAX_RECS_LIMIT: usize = 50;
 
-type AppState = Arc<Shared>;
+pub(crate) type AppState = Arc<Shared>;
 
 /// An error response: `{"error": "..."}` with a matching status.
 #[derive(Debug)]
@@ -93,7 +93,8 @@ pub(crate) fn router(state: AppState) -> Router {
         // The public catalogue: no internal fields, fit to be proxied to clients as it is.
         .route("/catalog/items", get(catalog_items))
         .route("/catalog/items/{id}", get(catalog_item))
-        .route("/catalog/search", post(catalog_search));
+        .route("/catalog/search", post(catalog_search))
+        .route("/graphql", post(crate::graphql::graphql));
     Router::new()
         .merge(service(Service::Content, content))
         .merge(service(Service::Ads, Router::new().route("/ads", get(ads))))

@@ -317,8 +317,35 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let version = self.version(ctx);
         version
-            .retried(|instance| version.fetch_json(instance, ctx, path_and_query))
+            .retried(|instance| version.fetch_json(instance, ctx, path_and_query, None))
             .await
+    }
+
+    /// A GraphQL query: `POST {base}/graphql` with `{"query", "variables"}`, through the breaker,
+    /// retried as an idempotent call (queries are reads; never send a mutation this way). Returns
+    /// `data`. A response with `errors` and no `data` is a rejection (the query was refused);
+    /// `data` with some `errors` is returned as it is, the fields that failed being null.
+    pub async fn graphql(
+        &self,
+        ctx: &CallContext,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value, UpstreamError> {
+        let body = serde_json::json!({ "query": query, "variables": variables });
+        let version = self.version(ctx);
+        let mut answer = version
+            .retried(|instance| version.fetch_json(instance, ctx, "/graphql", Some(&body)))
+            .await?;
+        match answer.get_mut("data").map(Value::take) {
+            Some(data) if !data.is_null() => Ok(data),
+            _ => {
+                let message = answer
+                    .pointer("/errors/0/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no data");
+                Err(UpstreamError::Rejected(format!("graphql: {message}")))
+            }
+        }
     }
 
     async fn fetch_json(
@@ -326,12 +353,15 @@ impl Upstream {
         instance: Arc<Instance>,
         ctx: &CallContext,
         path_and_query: &str,
+        body: Option<&Value>,
     ) -> Result<Value, UpstreamError> {
         let timeout = ctx.budget(self.timeout);
-        let mut req = self
-            .http
-            .get(format!("{}{path_and_query}", instance.base()))
-            .timeout(timeout);
+        let url = format!("{}{path_and_query}", instance.base());
+        let mut req = match body {
+            None => self.http.get(url),
+            Some(body) => self.http.post(url).json(body),
+        }
+        .timeout(timeout);
         for (name, value) in ctx.headers(timeout) {
             req = req.header(name, value);
         }
