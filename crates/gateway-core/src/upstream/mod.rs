@@ -27,6 +27,7 @@ pub mod forward;
 pub mod split;
 
 use crate::auth::{Principal, PrincipalKind};
+use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
 use crate::edge::{RequestId, TraceContext};
 use crate::error::GatewayError;
@@ -103,6 +104,8 @@ pub struct Upstream {
     hedge_after: Option<Duration>,
     faults: Option<Faults>,
     split: Option<Split>,
+    /// Identical reads in flight, shared ("single flight").
+    reads: Coalescer<Result<Value, UpstreamError>>,
 }
 
 /// A traffic split: the cohort's calls go to `target`, a whole upstream of its own.
@@ -317,8 +320,48 @@ impl Upstream {
     ) -> Result<Value, UpstreamError> {
         let version = self.version(ctx);
         version
-            .retried(|instance| version.fetch_json(instance, ctx, path_and_query, None))
+            .coalesced(ctx, path_and_query, None, || {
+                version.retried(|instance| version.fetch_json(instance, ctx, path_and_query, None))
+            })
             .await
+    }
+
+    /// Runs a read once for every identical read in flight: same version, same caller, same path
+    /// and body. Followers get the leader's answer; if the leader's caller goes away, they read
+    /// for themselves. The caller is part of the identity because backends see who is calling.
+    async fn coalesced<F, Fut>(
+        &self,
+        ctx: &CallContext,
+        path: &str,
+        body: Option<&Value>,
+        read: F,
+    ) -> Result<Value, UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Value, UpstreamError>>,
+    {
+        use std::fmt::Write;
+        let subject = ctx.principal.as_ref().map_or("", |p| &p.subject);
+        let mut key = String::with_capacity(subject.len() + path.len() + 2);
+        let _ = write!(key, "{subject}\0{path}");
+        if let Some(body) = body {
+            let _ = write!(key, "\0{body}");
+        }
+        match self.reads.join(&key) {
+            Role::Leader(leader) => {
+                let result = read().await;
+                leader.finish(result.clone());
+                result
+            }
+            Role::Follower(follower) => match follower.wait().await {
+                Some(result) => {
+                    metrics::counter!("bff_upstream_coalesced_total", "upstream" => self.label.clone(), "variant" => self.variant.clone())
+                        .increment(1);
+                    result
+                }
+                None => read().await,
+            },
+        }
     }
 
     /// A GraphQL query: `POST {base}/graphql` with `{"query", "variables"}`, through the breaker,
@@ -334,7 +377,10 @@ impl Upstream {
         let body = serde_json::json!({ "query": query, "variables": variables });
         let version = self.version(ctx);
         let mut answer = version
-            .retried(|instance| version.fetch_json(instance, ctx, "/graphql", Some(&body)))
+            .coalesced(ctx, "/graphql", Some(&body), || {
+                version
+                    .retried(|instance| version.fetch_json(instance, ctx, "/graphql", Some(&body)))
+            })
             .await?;
         match answer.get_mut("data").map(Value::take) {
             Some(data) if !data.is_null() => Ok(data),
@@ -454,6 +500,7 @@ impl Upstream {
             ),
             faults: c.fault.as_ref().and_then(Faults::new),
             split: None,
+            reads: Coalescer::default(),
         }
     }
 }
@@ -905,6 +952,53 @@ mod tests {
     async fn an_empty_budget_allows_no_retry() {
         let up = upstream(2, 0, 0);
         assert_eq!(attempts(&up, UpstreamError::Failed("x".into())).await, 1);
+    }
+
+    /// A REST backend on a free port that answers `{"n": hits}` after `delay`; and its hit count.
+    async fn counting_backend(delay: Duration) -> (String, Arc<AtomicU32>) {
+        let hits = Arc::new(AtomicU32::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            axum::routing::get(move || {
+                let counter = counter.clone();
+                async move {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    tokio::time::sleep(delay).await;
+                    axum::Json(serde_json::json!({ "n": n }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn identical_concurrent_reads_reach_the_backend_once_per_caller() {
+        let (url, hits) = counting_backend(Duration::from_millis(100)).await;
+        let up = Upstreams::new(&[("u".to_owned(), UpstreamConfig::at(&url))].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u");
+        let (alice, bob) = (as_user("alice"), as_user("bob"));
+        let reads = (0..20).map(|i| {
+            let ctx = if i % 2 == 0 { &alice } else { &bob };
+            up.get_json(ctx, "/items/1")
+        });
+        let answers = futures::future::join_all(reads).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one call per caller"
+        );
+        // Once finished, the next read goes to the backend again: this is not a cache.
+        up.get_json(&alice, "/items/1").await.expect("again");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 }
 
