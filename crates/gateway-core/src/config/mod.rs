@@ -607,7 +607,7 @@ impl Default for IdempotencyConfig {
         Self {
             ttl_secs: 86_400,
             lock_ms: 30_000,
-            wait_ms: 10_000,
+            wait_ms: 5_000,
             max_entries: 100_000,
             timeout_ms: 250,
         }
