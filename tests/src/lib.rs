@@ -5,6 +5,7 @@
 //! - [`TestBff`]: one BFF serving on a free port, configured against a [`Stack`].
 //! - [`RedisServer`]: a private `redis-server` on a free port; skipped loudly when the machine has
 //!   none, unless `BFF_REQUIRE_REDIS=1`, which turns the skip into a failure (CI sets it).
+//! - [`RedisCluster`]: a private three-primary Redis Cluster on free ports, with the same skip rule.
 //! - [`Process`]: a spawned binary of this workspace, killed when dropped.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -57,15 +58,20 @@ impl Drop for Stack {
 }
 
 impl Stack {
-    /// Starts the backends and the identity provider.
+    /// Starts the backends and the identity provider, with partner keys held in memory.
     pub async fn start() -> Self {
+        Self::start_with_keys(Arc::new(MemoryApiKeyStore::default())).await
+    }
+
+    /// Starts the backends and the identity provider, which writes partner keys to `keys` (shared
+    /// with every [`TestBff`] of this stack).
+    pub async fn start_with_keys(keys: Arc<dyn ApiKeyStore>) -> Self {
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
         let rest = TcpListener::bind("127.0.0.1:0").await.expect("bind rest");
         let idp_l = TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
         let (grpc_url, rest_url, idp_url) = (url(&grpc), url(&rest), url(&idp_l));
         let stop = CancellationToken::new();
         tokio::spawn(DemoBackends::new().serve(grpc, rest, stop.clone().cancelled_owned()));
-        let keys: Arc<dyn ApiKeyStore> = Arc::new(MemoryApiKeyStore::default());
         let provider =
             IdentityProvider::new(idp_url.clone(), keys.clone()).expect("identity provider");
         let router = provider.router();
@@ -372,6 +378,173 @@ impl RedisServer {
             "redis-server on port {port} did not start"
         )))
     }
+}
+
+/// A private Redis Cluster: three primaries (no replicas) on free ports, every slot assigned,
+/// shut down (and its files removed) when dropped.
+pub struct RedisCluster {
+    /// The nodes' client ports.
+    pub ports: Vec<u16>,
+    /// `redis://127.0.0.1:port` of every node: the seed list for `redis.cluster_urls`.
+    pub urls: Vec<String>,
+    children: Vec<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisCluster {
+    /// Primaries in the cluster.
+    pub const NODES: usize = 3;
+
+    /// Starts one, or returns `None` (after saying so on stderr) when the machine has no
+    /// `redis-server` or `redis-cli`. With `BFF_REQUIRE_REDIS=1` that fails the test instead.
+    pub fn start(test: &str) -> Option<Self> {
+        let required = std::env::var("BFF_REQUIRE_REDIS").is_ok_and(|v| v == "1");
+        match Self::spawn() {
+            Ok(cluster) => Some(cluster),
+            Err(err) => {
+                assert!(
+                    !required,
+                    "{test}: BFF_REQUIRE_REDIS=1 but a Redis Cluster cannot start: {err}"
+                );
+                eprintln!(
+                    "SKIPPED {test}: no Redis Cluster on this machine ({err}); set BFF_REQUIRE_REDIS=1 to fail instead"
+                );
+                None
+            }
+        }
+    }
+
+    /// How many keys matching `pattern` (a `KEYS` glob) each node holds, in the order of
+    /// [`Self::ports`].
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<usize> {
+        self.ports
+            .iter()
+            .map(|port| {
+                cli(*port, &["KEYS", pattern])
+                    .expect("KEYS")
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .collect()
+    }
+
+    fn spawn() -> std::io::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Self {
+            ports: Vec::new(),
+            urls: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        for _ in 0..Self::NODES {
+            let port = cluster_port()?;
+            let conf = cluster.dir.join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(&conf)
+                .arg("--dir")
+                .arg(&cluster.dir)
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| std::io::Error::new(e.kind(), format!("redis-server: {e}")))?;
+            cluster.children.push(child);
+            cluster.ports.push(port);
+            cluster.urls.push(format!("redis://127.0.0.1:{port}"));
+        }
+        for port in &cluster.ports {
+            wait_for(|| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+                .map_err(|()| std::io::Error::other(format!("node {port} did not start")))?;
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("redis-cli: {e}")))?;
+        if !created.status.success() {
+            return Err(std::io::Error::other(format!(
+                "redis-cli --cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            )));
+        }
+        for port in &cluster.ports {
+            wait_for(|| {
+                cli(*port, &["CLUSTER", "INFO"]).is_ok_and(|info| info.contains("cluster_state:ok"))
+            })
+            .map_err(|()| std::io::Error::other(format!("node {port} never saw the cluster ok")))?;
+        }
+        Ok(cluster)
+    }
+}
+
+/// A free port whose cluster bus port (`port + 10000`) is free too.
+fn cluster_port() -> std::io::Result<u16> {
+    for _ in 0..100 {
+        let port = free_port();
+        if port > u16::MAX - 10_000 {
+            continue;
+        }
+        if StdListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free pair of ports for a cluster node",
+    ))
+}
+
+/// `redis-cli -p port args...`, its standard output.
+fn cli(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(std::io::Error::other(format!(
+            "redis-cli exited {}",
+            out.status
+        )))
+    }
+}
+
+/// Polls `ready` every 50 ms for at most 10 s.
+fn wait_for(mut ready: impl FnMut() -> bool) -> Result<(), ()> {
+    for _ in 0..200 {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(())
 }
 
 /// A file of this repository, by its path from the workspace root.

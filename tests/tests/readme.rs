@@ -64,6 +64,7 @@ fn every_configuration_key_is_documented() {
     let mut full = (bff_mobile::BFF.defaults)();
     full.redis.url = Some("redis://x".into());
     full.telemetry.otlp_endpoint = Some("http://otel-collector:4317".into());
+    full.redis.cluster_urls = vec!["redis://y:7000".into()];
     full.server.tls = Some(gateway_core::config::TlsConfig {
         cert_file: "cert.pem".into(),
         key_file: "key.pem".into(),

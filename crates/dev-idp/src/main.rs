@@ -22,24 +22,26 @@ struct Args {
     /// Store partner keys in this Redis (so standalone partner BFFs see them).
     #[arg(long)]
     redis: Option<String>,
+    /// Store partner keys in this Redis Cluster instead: seed nodes, comma-separated
+    /// (`redis://10.0.0.1:7000,redis://10.0.0.2:7000`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "redis")]
+    redis_cluster: Vec<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     gateway_core::telemetry::init_logging(&TelemetryConfig::default());
-    let keys: Arc<dyn ApiKeyStore> = match args.redis {
-        Some(url) => {
-            let cfg = RedisConfig {
-                url: Some(url),
-                ..RedisConfig::default()
-            };
-            let redis = Redis::from_config(&cfg)?.context("redis URL")?;
-            Arc::new(RedisApiKeyStore::new(
-                redis,
-                std::time::Duration::from_millis(cfg.timeout_ms),
-            ))
-        }
+    let cfg = RedisConfig {
+        url: args.redis,
+        cluster_urls: args.redis_cluster,
+        ..RedisConfig::default()
+    };
+    let keys: Arc<dyn ApiKeyStore> = match Redis::from_config(&cfg)? {
+        Some(redis) => Arc::new(RedisApiKeyStore::new(
+            redis,
+            std::time::Duration::from_millis(cfg.timeout_ms),
+        )),
         None => Arc::new(MemoryApiKeyStore::default()),
     };
     let issuer = args

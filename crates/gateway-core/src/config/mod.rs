@@ -76,7 +76,8 @@ pub struct Config<C> {
     /// How clients authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
-    /// Shared state. When `redis.url` is set, limits, cache, API keys and idempotency records live in Redis.
+    /// Shared state. When `redis.url` (or `redis.cluster_urls`) is set, limits, cache, API keys and
+    /// idempotency records live in Redis.
     #[serde(default)]
     pub redis: RedisConfig,
     /// Rate-limit policies and where they apply.
@@ -378,6 +379,10 @@ fn default_tier() -> String {
 pub struct RedisConfig {
     /// `redis://host:port/db`. When set, every shared store uses Redis.
     pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each), instead of `url`. The others are
+    /// learnt from the cluster. In the environment, a comma-separated list is accepted too.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub cluster_urls: Vec<String>,
     /// Prefix of every key this gateway writes, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Connections the pool may hold. Operations share one multiplexed connection and go back to
@@ -391,11 +396,32 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
+            cluster_urls: Vec::new(),
             key_prefix: "bff".to_owned(),
             pool_size: DEFAULT_REDIS_POOL_SIZE,
             timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
         }
     }
+}
+
+/// A list of strings, or one string of comma-separated items (as an environment variable is
+/// easiest written).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCommas {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match ListOrCommas::deserialize(d)? {
+        ListOrCommas::List(items) => items,
+        ListOrCommas::Commas(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// `[ratelimit]`.
@@ -1015,6 +1041,45 @@ where
                 "redis.url".into(),
                 "must start with redis:// or rediss://",
                 format!("{url:?}"),
+            );
+        }
+        if self.redis.url.is_some() && !self.redis.cluster_urls.is_empty() {
+            return bad(
+                "redis.cluster_urls".into(),
+                "cannot be combined with redis.url (set one of them)",
+                "both".into(),
+            );
+        }
+        for (i, url) in self.redis.cluster_urls.iter().enumerate() {
+            let key = format!("redis.cluster_urls[{i}]");
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                // Only the scheme: the rest may hold a password.
+                let scheme = url.split_once("://").map_or("none", |(s, _)| s);
+                return bad(
+                    key,
+                    "must start with redis:// or rediss://",
+                    format!("scheme {scheme:?}"),
+                );
+            }
+            match crate::store::redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                Err(e) => return bad(key, "is not a usable Redis URL", e.to_string()),
+                Ok(info) if info.redis_settings().db() != 0 => {
+                    return bad(
+                        key,
+                        "must not select a database: a cluster has only database 0",
+                        info.redis_settings().db().to_string(),
+                    );
+                }
+                Ok(_) => {}
+            }
+        }
+        if !self.redis.cluster_urls.is_empty() && self.redis.key_prefix.contains(['{', '}']) {
+            // A brace in the prefix would move the hash tag out of the id, splitting a rate and its
+            // quota over two slots, which one script cannot update together.
+            return bad(
+                "redis.key_prefix".into(),
+                "must not contain `{` or `}` with redis.cluster_urls",
+                format!("{:?}", self.redis.key_prefix),
             );
         }
         if self.redis.pool_size == 0 {

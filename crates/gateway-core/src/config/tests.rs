@@ -325,3 +325,96 @@ fn bad_faults_are_named() {
         load_with("[upstreams.user.fault]\nabort_status = 503\n", &[]).expect_err("unknown key");
     assert!(err.contains("abort_status"), "{err}");
 }
+
+#[test]
+fn cluster_seed_nodes_come_as_a_list_or_comma_separated() {
+    let cfg = load_with(
+        "[redis]\ncluster_urls = [\"redis://10.0.0.1:7000\", \"redis://10.0.0.2:7000\"]\n",
+        &[],
+    )
+    .expect("a list");
+    assert_eq!(
+        cfg.redis.cluster_urls,
+        ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+    );
+    let cfg = load_with(
+        "",
+        &[(
+            "BFF_REDIS__CLUSTER_URLS",
+            "redis://10.0.0.1:7000, redis://10.0.0.2:7000,redis://10.0.0.3:7000",
+        )],
+    )
+    .expect("commas");
+    assert_eq!(
+        cfg.redis.cluster_urls,
+        [
+            "redis://10.0.0.1:7000",
+            "redis://10.0.0.2:7000",
+            "redis://10.0.0.3:7000"
+        ]
+    );
+    assert!(cfg.redis.url.is_none());
+    let redis = crate::store::Redis::from_config(&cfg.redis)
+        .expect("usable")
+        .expect("a cluster client");
+    assert!(format!("{redis:?}").contains("cluster"), "{redis:?}");
+}
+
+#[test]
+fn bad_cluster_settings_are_named() {
+    let err = load_with(
+        "[redis]\nurl = \"redis://10.0.0.1:6379\"\ncluster_urls = [\"redis://10.0.0.1:7000\"]\n",
+        &[],
+    )
+    .expect_err("both");
+    assert!(
+        err.starts_with("redis.cluster_urls cannot be combined with redis.url"),
+        "{err}"
+    );
+
+    let err = load_with(
+        "[redis]\ncluster_urls = [\"redis://10.0.0.1:7000\", \"http://:hunter2@10.0.0.2:7000\"]\n",
+        &[],
+    )
+    .expect_err("scheme");
+    assert_eq!(
+        err,
+        "redis.cluster_urls[1] must start with redis:// or rediss://, got scheme \"http\""
+    );
+
+    let err = load_with(
+        "[redis]\ncluster_urls = [\"redis://10.0.0.1:notaport\"]\n",
+        &[],
+    )
+    .expect_err("port");
+    assert!(
+        err.starts_with("redis.cluster_urls[0] is not a usable Redis URL"),
+        "{err}"
+    );
+
+    let err = load_with(
+        "[redis]\ncluster_urls = [\"redis://10.0.0.1:7000/3\"]\n",
+        &[],
+    )
+    .expect_err("database");
+    assert_eq!(
+        err,
+        "redis.cluster_urls[0] must not select a database: a cluster has only database 0, got 3"
+    );
+
+    let err = load_with(
+        "[redis]\nkey_prefix = \"bff{eu}\"\ncluster_urls = [\"redis://10.0.0.1:7000\"]\n",
+        &[],
+    )
+    .expect_err("braces");
+    assert_eq!(
+        err,
+        "redis.key_prefix must not contain `{` or `}` with redis.cluster_urls, got \"bff{eu}\""
+    );
+    // One server has no slots: the same prefix is fine there.
+    load_with(
+        "[redis]\nkey_prefix = \"bff{eu}\"\nurl = \"redis://10.0.0.1:6379\"\n",
+        &[],
+    )
+    .expect("a prefix with braces on one server");
+}
