@@ -600,6 +600,29 @@ async fn the_catalog_is_passed_through_under_auth_and_limits() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }
 
+/// A compressed pass-through answer ends cleanly: the whole backend body arrives, gzip-encoded.
+#[tokio::test]
+async fn a_passed_through_answer_is_compressed_whole() {
+    use std::io::Read;
+    let (_stack, bff, token) = setup().await;
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/catalog/items?limit=20", bff.url))
+        .bearer_auth(&token)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "content-encoding"), "gzip");
+    let packed = res.bytes().await.expect("the whole body");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&packed[..])
+        .read_to_string(&mut text)
+        .expect("valid gzip");
+    let page: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(20), "{page}");
+}
+
 #[tokio::test]
 async fn a_dead_catalog_backend_is_a_502_problem() {
     let stack = Stack::start().await;

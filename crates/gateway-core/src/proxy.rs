@@ -221,6 +221,7 @@ fn answer(res: reqwest::Response, idle: Duration) -> Response {
         headers.append(name.clone(), value.clone());
     }
     // The stream ends after its first error: a stalled or broken upstream ends the answer once.
+    // Fused, since layers such as compression may poll again after the end.
     let body = futures::stream::unfold(Some(res.bytes_stream()), move |chunks| async move {
         let mut chunks = chunks?;
         match tokio::time::timeout(idle, chunks.next()).await {
@@ -235,7 +236,8 @@ fn answer(res: reqwest::Response, idle: Duration) -> Response {
                 None,
             )),
         }
-    });
+    })
+    .fuse();
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;

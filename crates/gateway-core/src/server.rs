@@ -414,9 +414,8 @@ struct Bounds {
 fn idle_bounded(body: axum::body::Body, idle: Duration) -> axum::body::Body {
     use futures::StreamExt;
     let chunks = body.into_data_stream();
-    axum::body::Body::from_stream(futures::stream::unfold(
-        Some(chunks),
-        move |chunks| async move {
+    axum::body::Body::from_stream(
+        futures::stream::unfold(Some(chunks), move |chunks| async move {
             let mut chunks = chunks?;
             match tokio::time::timeout(idle, chunks.next()).await {
                 Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
@@ -424,8 +423,10 @@ fn idle_bounded(body: axum::body::Body, idle: Duration) -> axum::body::Body {
                 Ok(None) => None,
                 Err(_) => Some((Err(axum::Error::new(BodyTimedOut)), None)),
             }
-        },
-    ))
+        })
+        // Fused: a consumer may poll once more after the end.
+        .fuse(),
+    )
 }
 
 /// The client paused too long while sending a body.

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Turns the load generator's JSON reports of one `bench/run.sh` run into the markdown report.
+
+Usage: report.py RESULTS_DIR < settings.json
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+results = Path(sys.argv[1])
+meta = json.load(sys.stdin)
+
+
+def load(name):
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def rps(name):
+    return load(name)["summary"]["requestsPerSec"]
+
+
+def failures(name):
+    """Answers other than 200, and errors other than the runs cut at the deadline."""
+    r = load(name)
+    bad = sum(n for code, n in r["statusCodeDistribution"].items() if code != "200")
+    bad += sum(n for e, n in r.get("errorDistribution", {}).items() if "deadline" not in e)
+    return bad
+
+
+def requests(name):
+    return sum(load(name)["statusCodeDistribution"].values())
+
+
+def cpu_secs(name):
+    ticks, per_sec = (results / f"{name}.cpu").read_text().split()
+    return int(ticks) / int(per_sec)
+
+
+def us_per_request(name):
+    """CPU time the proxy spent per request of a run, in microseconds."""
+    return cpu_secs(name) * 1e6 / max(requests(name), 1)
+
+
+def pct(name, p):
+    """Latency percentile in microseconds."""
+    return load(name)["latencyPercentiles"][p] * 1e6
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+out = []
+w = out.append
+rounds = meta["rounds"]
+m = meta["machine"]
+layout = (
+    "proxy under test pinned to CPU 1 (one nginx worker, one gateway runtime worker); "
+    "load generator, static backend and demo backends pinned to CPU 0"
+    if meta["pin"]
+    else f"no pinning; {meta['workers']} nginx workers and {meta['workers']} gateway runtime workers"
+)
+w("## Figures\n")
+w(f"- Machine: {m['cpu']}, {m['cores']} cores, Linux {m['kernel']}; {m['nginx']}; {m['oha']}; {m['wrk']}; {m['rustc']}")
+w(f"- Layout: {layout}")
+w(
+    f"- Runs: {meta['duration']} s each, {rounds} interleaved throughput round(s), {meta['conns']} connections, "
+    f"access logs {'on in both proxies' if meta['access_log'] else 'off in both proxies'}, no compression asked"
+)
+w("")
+
+# --- throughput ---
+ng = [rps(f"tput-nginx-{r}") for r in range(1, rounds + 1)]
+gw = [rps(f"tput-gateway-{r}") for r in range(1, rounds + 1)]
+mi = [rps(f"tput-mimalloc-{r}") for r in range(1, rounds + 1)] if meta["allocators"] else []
+ratios = [g / n for g, n in zip(gw, ng)]
+ratio = statistics.median(ratios)
+w(f"### Throughput: pass-through, {meta['conns']} connections, 1 KB JSON\n")
+head = "| round | nginx req/s | gateway req/s | gateway / nginx | nginx CPU | gateway CPU |"
+sep = "|---|---:|---:|---:|---:|---:|"
+if mi:
+    head += " gateway + mimalloc req/s | mimalloc / system allocator |"
+    sep += "---:|---:|"
+w(head)
+w(sep)
+for i in range(rounds):
+    cpu = [cpu_secs(f"tput-{who}-{i + 1}") / meta["duration"] * 100 for who in ("nginx", "gateway")]
+    row = f"| {i + 1} | {ng[i]:,.0f} | {gw[i]:,.0f} | {ratios[i]:.2f}× | {cpu[0]:.0f}% | {cpu[1]:.0f}% |"
+    if mi:
+        row += f" {mi[i]:,.0f} | {mi[i] / gw[i]:.2f}× |"
+    w(row)
+row = f"| median | {statistics.median(ng):,.0f} | {statistics.median(gw):,.0f} | **{ratio:.2f}×** | | |"
+if mi:
+    mi_ratio = statistics.median(m_ / g_ for m_, g_ in zip(mi, gw))
+    row += f" {statistics.median(mi):,.0f} | **{mi_ratio:.2f}×** |"
+w(row)
+bad = sum(failures(f"tput-{who}-{r}") for who in ("nginx", "gateway") for r in range(1, rounds + 1))
+w(
+    f"\nCPU is the proxy's user + system time over the run, as a share of one core. "
+    f"Load generator ceiling (wrk direct to the backend, same connections): {rps('direct-max'):,.0f} req/s. "
+    f"Failed or non-200 answers in the rounds: {bad}.\n"
+)
+
+# --- latency ---
+def latency_table(tag, title):
+    w(f"### {title}\n")
+    w("| path | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | proxy CPU µs per request |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    lat = {who: [pct(f"{tag}-{who}", p) for p in ("p50", "p99", "p99.9")] for who in ("direct", "nginx", "gateway")}
+    for who, label in (("direct", "direct (client → backend)"), ("nginx", "via nginx"), ("gateway", "via gateway")):
+        p = lat[who]
+        if who == "direct":
+            added = "| – | – | – | – |"
+        else:
+            d = [a - b for a, b in zip(p, lat["direct"])]
+            added = f"| {d[0]:,.0f} | {d[1]:,.0f} | {d[2]:,.0f} | {us_per_request(f'{tag}-{who}'):.1f} |"
+        w(f"| {label} | {p[0]:,.0f} | {p[1]:,.0f} | {p[2]:,.0f} {added}")
+    achieved = {who: rps(f"{tag}-{who}") for who in lat}
+    w(
+        "\nRates achieved: "
+        + ", ".join(f"{who} {v:,.0f} req/s" for who, v in achieved.items())
+        + f". Failed or non-200 answers: {sum(failures(f'{tag}-{who}') for who in lat)}.\n"
+    )
+    return [a - b for a, b in zip(lat["gateway"], lat["direct"])]
+
+
+gw_added = latency_table(
+    "lat",
+    f"Added latency at {meta['rate']:,} req/s (half of nginx's best round): open loop, corrected for coordinated omission",
+)
+latency_table("latgw", f"Added latency at {meta['rate_gw']:,} req/s (half of the gateway's median round), for reference")
+
+# --- fan-out ---
+fan = load("fanout")
+fan_p50 = fan["latencyPercentiles"]["p50"] * 1e3
+fan_p99 = fan["latencyPercentiles"]["p99"] * 1e3
+part = meta["fanout_latency_ms"]
+w(f"### Fan-out: `GET /api/v2/user/profile`, three gRPC parts of {part} ms each, response cache off, one request at a time\n")
+one = load("part-direct")["latencyPercentiles"]["p50"] * 1e3
+w("| route p50 ms | route p99 ms | one part alone, called directly, p50 ms | route over one part (p50) | route over 20 ms (p50) | failed |")
+w("|---:|---:|---:|---:|---:|---:|")
+w(
+    f"| {fan_p50:.2f} | {fan_p99:.2f} | {one:.2f} | {fan_p50 - one:+.2f} ms | {fan_p50 - part:+.2f} ms | {failures('fanout')} |\n"
+)
+meta_t = json.loads((results / "fanout-meta.json").read_text())
+w(
+    f"The gateway's own timing of the parts (`_meta`, 100 requests, one at a time on one connection): "
+    f"slowest part p50 {meta_t['slowest_part_p50']:.2f} ms, whole request p50 {meta_t['total_p50']:.2f} ms as the "
+    f"client saw it, the difference p50 {meta_t['over_p50']:.2f} ms (the client's own time, authentication, "
+    f"the limiter, fan-out, shaping and serialisation). The route's p50 above (oha) is "
+    f"{fan_p50 - meta_t['slowest_part_p50']:+.2f} ms over this slowest part's p50.\n"
+)
+
+# --- memory ---
+mb = lambda kb: kb / 1024
+hc = load("high-gateway")
+w("### Memory (VmRSS)\n")
+w(f"| process | idle | peak under {meta['high_conns']:,} connections | req/s through them |")
+w("|---|---:|---:|---:|")
+w(f"| gateway | {mb(meta['rss_idle_kb']):.1f} MB | {mb(meta['rss_loaded_kb']):.1f} MB | {hc['summary']['requestsPerSec']:,.0f} |")
+if meta["allocators"]:
+    w(
+        f"| gateway + mimalloc | {mb(meta['mi_rss_idle_kb']):.1f} MB | {mb(meta['mi_rss_loaded_kb']):.1f} MB "
+        f"| {rps('high-mimalloc'):,.0f} |"
+    )
+w(
+    f"| nginx (master and workers) | {mb(meta['nginx_rss_idle_kb']):.1f} MB | {mb(meta['nginx_rss_loaded_kb']):.1f} MB "
+    f"| {rps('high-nginx'):,.0f} |"
+)
+high_up = json.loads((results / "reuse-high.json").read_text())["gateway"]
+w(
+    f"\nThe gateway's RSS a second after the connections closed: {mb(meta['rss_after_kb']):.1f} MB. Client connections "
+    f"seen open at once: {meta['high_open']:,}; upstream connections the gateway used meanwhile: "
+    f"{high_up['connections']:,}; failed: {failures('high-gateway')}.\n"
+)
+
+# --- reuse ---
+reuse = json.loads((results / "reuse.json").read_text())
+w("### Upstream connection reuse over the throughput rounds\n")
+w("| proxy | requests to the backend | connections opened | reuse |")
+w("|---|---:|---:|---:|")
+reuse_of = {}
+for who in ("nginx", "gateway") + (("mimalloc",) if meta["allocators"] else ()):
+    r = reuse[who]
+    reuse_of[who] = 1 - r["connections"] / r["requests"] if r["requests"] else 0.0
+    w(f"| {who} | {r['requests']:,} | {r['connections']:,} | {reuse_of[who] * 100:.3f}% |")
+w("")
+
+# --- targets ---
+w("### Targets\n")
+w("| target | measured | verdict |")
+w("|---|---|---|")
+rows = [
+    (f"throughput ≥ 1.0× nginx at {meta['conns']} connections", f"{ratio:.2f}×", ratio >= 1.0),
+    ("added latency p50 ≤ 100 µs at half nginx's max rate", f"{gw_added[0]:,.0f} µs", gw_added[0] <= 100),
+    ("added latency p99 ≤ 1 ms at half nginx's max rate", f"{gw_added[1]:,.0f} µs", gw_added[1] <= 1000),
+    (f"three parts of {part} ms: p50 ≤ {part + 0.2:.1f} ms", f"{fan_p50:.2f} ms", fan_p50 <= part + 0.2),
+    (
+        "three parts: route p50 over the slowest part's p50 as the gateway timed it ≤ 0.2 ms (the same target, against the real part)",
+        f"{fan_p50 - meta_t['slowest_part_p50']:+.2f} ms",
+        fan_p50 - meta_t["slowest_part_p50"] <= 0.2,
+    ),
+    ("RSS idle ≤ 30 MB", f"{mb(meta['rss_idle_kb']):.1f} MB", mb(meta["rss_idle_kb"]) <= 30),
+    (
+        f"RSS under {meta['high_conns']:,} connections ≤ 64 MB",
+        f"{mb(meta['rss_loaded_kb']):.1f} MB",
+        mb(meta["rss_loaded_kb"]) <= 64,
+    ),
+    ("upstream connection reuse ≥ 99.9%", f"{reuse_of['gateway'] * 100:.3f}%", reuse_of["gateway"] >= 0.999),
+]
+for name, got, ok in rows:
+    w(f"| {name} | {got} | {verdict(ok)} |")
+print("\n".join(out))
