@@ -11,7 +11,7 @@
 
 mod version;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::middleware;
 use axum::routing::get;
 use backend_clients as backends;
+use gateway_core::aggregate::shape::{Fields, Shape};
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL, ProxyConfig};
 use gateway_core::{
     ApiResponse, CallContext, FanOut, Gateway, GatewayError, Gathered, Need, RequireScopeLayer,
@@ -125,11 +126,10 @@ async fn profile(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, 
         Duration::from_secs(60),
         Duration::ZERO,
         || async {
-            let mut parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?
+            let parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?
                 .run()
                 .await?;
-            let mut body = Map::new();
-            shape_profile(&mut parts, &mut body);
+            let body = PROFILE_SHAPE.apply(&parts)?;
             Ok(parts.respond(body))
         },
     )
@@ -168,8 +168,7 @@ async fn start(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, Ga
         || async {
             let parts = backends::profile_parts(&gw.upstreams, &ctx, &user_id)?;
             let mut parts = parts.merge(feed_parts(&gw, &ctx, &user_id)?).run().await?;
-            let mut body = Map::new();
-            shape_profile(&mut parts, &mut body);
+            let mut body = PROFILE_SHAPE.apply(&parts)?;
             shape_feed(&mut parts, gw.config.client.image_width, &mut body);
             Ok::<Shaped, GatewayError>(parts.respond(body))
         },
@@ -207,21 +206,36 @@ fn feed_parts(gw: &Gw, ctx: &CallContext, user_id: &str) -> Result<FanOut, Gatew
 }
 
 /// The compact profile: name and avatar, plan, and the preferences the app applies at once.
-fn shape_profile(parts: &mut Gathered, body: &mut Map<String, Value>) {
-    let user = parts.take("user").unwrap_or(Value::Null);
-    body.insert(
-        "user".into(),
-        json!({"id": user["id"], "name": user["display_name"], "avatar": user["avatar_url"]}),
-    );
-    let subscription = parts.take("subscription").map_or(Value::Null, |s| {
-        backends::pick(&s, &["plan", "status", "renews_at"])
-    });
-    body.insert("subscription".into(), subscription);
-    let preferences = parts.take("preferences").map_or(Value::Null, |p| {
-        backends::pick(&p, &["language", "theme", "autoplay"])
-    });
-    body.insert("preferences".into(), preferences);
-}
+static PROFILE_SHAPE: LazyLock<Shape> = LazyLock::new(|| {
+    Shape::new()
+        .under(
+            "user",
+            "user",
+            Fields::only(&[
+                ("id", "id"),
+                ("display_name", "name"),
+                ("avatar_url", "avatar"),
+            ]),
+        )
+        .under(
+            "subscription",
+            "subscription",
+            Fields::only(&[
+                ("plan", "plan"),
+                ("status", "status"),
+                ("renews_at", "renews_at"),
+            ]),
+        )
+        .under(
+            "preferences",
+            "preferences",
+            Fields::only(&[
+                ("language", "language"),
+                ("theme", "theme"),
+                ("autoplay", "autoplay"),
+            ]),
+        )
+});
 
 /// The compact feed: "for you" ids, then featured tiles with an ad every fourth slot.
 fn shape_feed(parts: &mut Gathered, width: u32, body: &mut Map<String, Value>) {
@@ -259,4 +273,12 @@ fn shape_feed(parts: &mut Gathered, width: u32, body: &mut Map<String, Value>) {
         .collect();
     body.insert("for_you".into(), Value::Array(for_you));
     body.insert("feed".into(), Value::Array(feed));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_profile_shape_writes_each_key_once() {
+        assert_eq!(super::PROFILE_SHAPE.check(), Ok(()));
+    }
 }

@@ -5,7 +5,7 @@
 //!
 //! | route | scope | parts | cache |
 //! |---|---|---|---|
-//! | `GET /api/home` | `feed:read` | featured (required), trending, for_you, sponsored | 300 s per user, stale up to 1 h |
+//! | `GET /api/home` | `feed:read` | featured (required), trending, recommendations, then for_you (their items, one batched lookup), sponsored | 300 s per user, stale up to 1 h |
 
 use std::time::Duration;
 
@@ -73,22 +73,24 @@ async fn home(State(gw): State<Gw>, ctx: CallContext) -> Result<ApiResponse, Gat
     gw.cached(HOME, &key, Duration::from_secs(300), stale_for, || async {
         let (content, ads, recs) =
             (gw.upstreams.expect("content")?, gw.upstreams.expect("ads")?, gw.upstreams.expect("recommendations")?);
-        // "For you" needs item details for the recommended ids: one batched call, not one per item.
+        // "For you" needs item details for the recommended ids: one batched call, not one per
+        // item, started the moment the recommendations answer.
         let for_you = {
-            let (content, recs, ctx, user_id) = (content.clone(), recs.clone(), ctx.clone(), user_id.clone());
-            async move {
-                let r = backends::recommendations(recs, ctx.clone(), user_id, 12).await?;
-                let ids = r["items"]
-                    .as_array()
-                    .map(|items| items.iter().filter_map(|i| i["item_id"].as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default();
-                backends::content_items(content, ctx, ids).await
+            let (content, ctx) = (content.clone(), ctx.clone());
+            move |recs: &Value| {
+                let ids: Vec<String> = recs["items"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|i| i["item_id"].as_str().map(str::to_owned))
+                    .collect();
+                (!ids.is_empty()).then(|| backends::content_items(content, ctx, ids))
             }
         };
         let mut parts = FanOut::new()
             .part("featured", Need::Required, content.timeout, backends::content_list(content.clone(), ctx.clone(), "featured"))
             .part("trending", Need::Optional, content.timeout, backends::content_list(content.clone(), ctx.clone(), "trending"))
-            .part("for_you", Need::Optional, recs.timeout + content.timeout, for_you)
+            .part("recommendations", Need::Optional, recs.timeout, backends::recommendations(recs.clone(), ctx.clone(), user_id.clone(), 12))
+            .part_after("for_you", Need::Optional, content.timeout, "recommendations", for_you)
             .part("sponsored", Need::Optional, ads.timeout, backends::ads(ads.clone(), ctx.clone(), user_id.clone(), "tv-home", 4))
             .run()
             .await?;

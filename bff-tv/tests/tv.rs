@@ -191,3 +191,67 @@ async fn hedging_hides_a_slow_instance() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn for_you_is_one_batched_lookup_fed_by_the_recommendations() {
+    let stack = Stack::start().await;
+    let tv = TestBff::start(&bff_tv::BFF, &stack, |c| c.cache.enabled = false).await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    let http = reqwest::Client::new();
+    let home = || async {
+        let res = http
+            .get(format!("{}/api/home", tv.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("home");
+        let degraded = res
+            .headers()
+            .get("x-degraded")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        (
+            res.status(),
+            degraded,
+            res.json::<Value>().await.expect("json"),
+        )
+    };
+
+    let calls = |before: &Value, after: &Value, service: &str| {
+        after[service].as_u64().unwrap_or(0) - before[service].as_u64().unwrap_or(0)
+    };
+    let before = stack.hits().await;
+    let (status, degraded, body) = home().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(degraded, None, "{body}");
+    let for_you = body["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["id"] == "for_you"))
+        .expect("for_you row");
+    let tiles = for_you["tiles"].as_array().expect("tiles");
+    assert!(tiles.len() > 1, "{for_you}");
+    assert!(tiles.iter().all(|t| t["title"].is_string()), "{for_you}");
+    // featured, trending and the one batched lookup: never one call per recommended item.
+    let after = stack.hits().await;
+    assert_eq!(calls(&before, &after, "content"), 3, "{after}");
+    assert_eq!(calls(&before, &after, "recommendations"), 1, "{after}");
+    let parts = &body["_meta"]["parts"];
+    assert_eq!(parts["recommendations"]["outcome"], "ok");
+    assert_eq!(parts["for_you"]["outcome"], "ok");
+
+    // Without recommendations there is nothing to look up: skipped, and said so.
+    stack.fault("recommendations", 0, 1.0).await;
+    let before = stack.hits().await;
+    let (status, degraded, body) = home().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(degraded.as_deref(), Some("for_you,recommendations"));
+    assert_eq!(body["_meta"]["parts"]["for_you"]["outcome"], "skipped");
+    assert!(
+        body["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .all(|r| r["id"] != "for_you"),
+        "{body}"
+    );
+    assert_eq!(calls(&before, &stack.hits().await, "content"), 2);
+}

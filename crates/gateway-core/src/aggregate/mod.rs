@@ -1,12 +1,18 @@
 //! Parallel fan-out with honest partial answers.
 //!
-//! A route declares its parts as data: a name, whether it is required, a timeout, and the call. All
-//! parts run at once, each under its own timeout, so the whole costs the slowest part, not the sum.
-//! A required part that fails ends the request at once (502, or 504 on timeout) and cancels the
-//! others; an optional one is reported in `_meta` and named in `X-Degraded`.
+//! A route declares its parts as data: a name, whether it is required, a timeout, the call, and
+//! optionally a fallback value. All parts run at once, each under its own timeout, so the whole
+//! costs the slowest part, not the sum. A required part that fails ends the request at once (502,
+//! or 504 on timeout) and cancels the others; an optional one is reported in `_meta` and named in
+//! `X-Degraded`, and its fallback, if it has one, stands in for its answer.
+//!
+//! A dependent part ([`FanOut::part_after`]) is fed by another part's answer: it starts the moment
+//! that part answers (or falls back), while the others still run, so a chain costs the sum of its
+//! links and nothing more. Per-item enrichment is one such part: the ids of one answer, fetched in
+//! one batched call. A dependent part whose source failed is `skipped`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +24,8 @@ use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
 use crate::upstream::UpstreamError;
+
+pub mod shape;
 
 /// `X-Degraded`: the parts left out of a partial answer.
 pub static X_DEGRADED: HeaderName = HeaderName::from_static("x-degraded");
@@ -51,17 +59,30 @@ pub enum Outcome {
     Skipped,
 }
 
+type Call = BoxFuture<'static, Result<Value, UpstreamError>>;
+
+/// Makes a dependent part's call from its source's answer; `None` when there is nothing to fetch
+/// (an empty list of ids, say), and the part then answers `null` at once.
+type Follow = Box<dyn FnOnce(&Value) -> Option<Call> + Send>;
+
+enum Start {
+    /// Starts with the fan-out.
+    Now(Call),
+    /// Starts when the part named answers.
+    After(&'static str, Follow),
+}
+
 struct Part {
     name: &'static str,
     need: Need,
     timeout: Duration,
-    call: BoxFuture<'static, Result<Value, UpstreamError>>,
+    fallback: Option<Value>,
 }
 
 /// A set of parts to run in parallel.
 #[derive(Default)]
 pub struct FanOut {
-    parts: Vec<Part>,
+    parts: Vec<(Part, Start)>,
 }
 
 /// A part's report in `_meta`.
@@ -73,6 +94,9 @@ pub struct PartReport {
     pub latency_ms: f64,
     /// Whether the route needs it.
     pub required: bool,
+    /// Whether its fallback stood in for an answer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fallback: bool,
 }
 
 /// The answers of a fan-out: values of the parts that answered, and a report for every part.
@@ -93,12 +117,50 @@ impl FanOut {
     where
         F: Future<Output = Result<Value, UpstreamError>> + Send + 'static,
     {
-        self.parts.push(Part {
+        let part = Part {
             name,
             need,
             timeout,
-            call: Box::pin(call),
-        });
+            fallback: None,
+        };
+        self.parts.push((part, Start::Now(Box::pin(call))));
+        self
+    }
+
+    /// Adds a part fed by part `source`'s answer: `make` turns that answer into the call, or into
+    /// `None` when there is nothing to fetch (the part then answers `null` at once). It starts as
+    /// soon as `source` answers, its timeout counted from then. If `source` fails without a fallback, this part is `skipped` (and the
+    /// route fails with 502 if this part is required).
+    pub fn part_after<F, Fut>(
+        mut self,
+        name: &'static str,
+        need: Need,
+        timeout: Duration,
+        source: &'static str,
+        make: F,
+    ) -> Self
+    where
+        F: FnOnce(&Value) -> Option<Fut> + Send + 'static,
+        Fut: Future<Output = Result<Value, UpstreamError>> + Send + 'static,
+    {
+        let part = Part {
+            name,
+            need,
+            timeout,
+            fallback: None,
+        };
+        let follow: Follow = Box::new(move |v| make(v).map(|f| Box::pin(f) as Call));
+        self.parts.push((part, Start::After(source, follow)));
+        self
+    }
+
+    /// Gives the part added last a fallback: should it fail (it must be optional), `value` stands
+    /// in for its answer and feeds its dependent parts; `_meta` still reports the failure, with
+    /// `"fallback": true`, and the answer is still partial.
+    pub fn or(mut self, value: Value) -> Self {
+        if let Some((last, _)) = self.parts.last_mut() {
+            last.fallback = Some(value);
+        }
         self
     }
 
@@ -108,58 +170,124 @@ impl FanOut {
         self
     }
 
-    /// Runs every part at once. A required part's failure returns early and drops (cancels) the rest.
+    /// Runs every part at once, each dependent part as soon as its source answers. A required
+    /// part's failure returns early and drops (cancels) the rest.
     pub async fn run(self) -> Result<Gathered, GatewayError> {
-        let start = Instant::now();
-        let mut running: FuturesUnordered<_> = self
-            .parts
-            .into_iter()
-            .map(|p| async move {
-                let result = match tokio::time::timeout(p.timeout, p.call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(UpstreamError::Timeout),
-                };
-                (p.name, p.need, start.elapsed(), result)
-            })
-            .collect();
+        let mut running = FuturesUnordered::new();
+        let mut waiting: Vec<(Part, &'static str, Follow)> = Vec::new();
+        let names: Vec<&'static str> = self.parts.iter().map(|(p, _)| p.name).collect();
         let mut gathered = Gathered::default();
-        while let Some((name, need, latency, result)) = running.next().await {
+        for (part, start) in self.parts {
+            match start {
+                Start::Now(call) => running.push(launch(part, call)),
+                Start::After(source, follow) if names.contains(&source) => {
+                    waiting.push((part, source, follow));
+                }
+                Start::After(source, _) => {
+                    tracing::error!(part = part.name, source, "dependent part names no part");
+                    gathered.skip(&part)?;
+                }
+            }
+        }
+        while let Some((part, latency, result)) = running.next().await {
             let outcome = match &result {
                 Ok(_) => Outcome::Ok,
                 Err(UpstreamError::Timeout) => Outcome::Timeout,
                 Err(UpstreamError::CircuitOpen) => Outcome::CircuitOpen,
                 Err(_) => Outcome::Error,
             };
+            let name = part.name;
             metrics::counter!("bff_upstream_parts_total", "part" => name, "outcome" => outcome_label(outcome))
                 .increment(1);
-            match (result, need) {
-                (Ok(value), _) => gathered.values.push((name, value)),
+            let mut fell_back = false;
+            let value = match (result, part.need) {
+                (Ok(value), _) => Some(value),
                 (Err(err), Need::Required) => {
                     tracing::warn!(part = name, error = %err, "required part failed");
-                    return Err(match err {
-                        UpstreamError::Timeout => GatewayError::UpstreamTimeout(name.to_owned()),
-                        UpstreamError::NotFound => GatewayError::NotFound(name.to_owned()),
-                        UpstreamError::Rejected(_) => GatewayError::Unprocessable {
-                            code: "REQUEST_REJECTED",
-                            detail: format!("The `{name}` service refused the request as invalid."),
-                        },
-                        _ => GatewayError::UpstreamFailed(name.to_owned()),
-                    });
+                    return Err(required_failed(name, err));
                 }
                 (Err(err), Need::Optional) => {
                     tracing::info!(part = name, error = %err, "optional part left out");
+                    fell_back = part.fallback.is_some();
+                    part.fallback
                 }
+            };
+            // Its dependents start now, fed by its answer (or fallback); without one they are
+            // skipped, and theirs with them.
+            let mut skipped = Vec::new();
+            for (dependent, follow) in take_dependents(&mut waiting, name) {
+                match value.as_ref().map(follow) {
+                    Some(Some(call)) => running.push(launch(dependent, call)),
+                    // Nothing to fetch: answered at once, with nothing.
+                    Some(None) => {
+                        running.push(launch(dependent, Box::pin(async { Ok(Value::Null) })))
+                    }
+                    None => skipped.push(dependent),
+                }
+            }
+            while let Some(dependent) = skipped.pop() {
+                gathered.skip(&dependent)?;
+                skipped.extend(take_dependents(&mut waiting, dependent.name).map(|(p, _)| p));
+            }
+            if let Some(value) = value {
+                gathered.values.push((name, value));
             }
             gathered.reports.push((
                 name,
                 PartReport {
                     outcome,
                     latency_ms: (latency.as_secs_f64() * 1000.0 * 10.0).round() / 10.0,
-                    required: need == Need::Required,
+                    required: part.need == Need::Required,
+                    fallback: fell_back,
                 },
             ));
         }
+        // Parts waiting on each other in a cycle never start.
+        for (part, source, _) in waiting {
+            tracing::error!(
+                part = part.name,
+                source,
+                "dependent part never started (a cycle)"
+            );
+            gathered.skip(&part)?;
+        }
         Ok(gathered)
+    }
+}
+
+/// A part's call under its timeout, its latency counted from its own start.
+async fn launch(part: Part, call: Call) -> (Part, Duration, Result<Value, UpstreamError>) {
+    // Tokio's clock: the same as the system's, and paused with it in tests.
+    let started = tokio::time::Instant::now();
+    let result = match tokio::time::timeout(part.timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout),
+    };
+    (part, started.elapsed(), result)
+}
+
+/// Removes and returns the parts waiting on `source`.
+fn take_dependents(
+    waiting: &mut Vec<(Part, &'static str, Follow)>,
+    source: &str,
+) -> impl Iterator<Item = (Part, Follow)> {
+    let (now, later): (Vec<_>, Vec<_>) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|(_, s, _)| *s == source);
+    *waiting = later;
+    now.into_iter().map(|(p, _, f)| (p, f))
+}
+
+/// The answer for a required part that failed.
+fn required_failed(name: &'static str, err: UpstreamError) -> GatewayError {
+    match err {
+        UpstreamError::Timeout => GatewayError::UpstreamTimeout(name.to_owned()),
+        UpstreamError::NotFound => GatewayError::NotFound(name.to_owned()),
+        UpstreamError::Rejected(_) => GatewayError::Unprocessable {
+            code: "REQUEST_REJECTED",
+            detail: format!("The `{name}` service refused the request as invalid."),
+        },
+        _ => GatewayError::UpstreamFailed(name.to_owned()),
     }
 }
 
@@ -175,7 +303,35 @@ fn outcome_label(o: Outcome) -> &'static str {
 }
 
 impl Gathered {
-    /// Takes the value of part `name`, if it answered.
+    /// Reports `part` skipped, its fallback standing in; a required part cannot be skipped.
+    fn skip(&mut self, part: &Part) -> Result<(), GatewayError> {
+        if part.need == Need::Required {
+            tracing::warn!(part = part.name, "required part could not start");
+            return Err(GatewayError::UpstreamFailed(part.name.to_owned()));
+        }
+        metrics::counter!("bff_upstream_parts_total", "part" => part.name, "outcome" => outcome_label(Outcome::Skipped))
+            .increment(1);
+        if let Some(value) = &part.fallback {
+            self.values.push((part.name, value.clone()));
+        }
+        self.reports.push((
+            part.name,
+            PartReport {
+                outcome: Outcome::Skipped,
+                latency_ms: 0.0,
+                required: false,
+                fallback: part.fallback.is_some(),
+            },
+        ));
+        Ok(())
+    }
+
+    /// The value of part `name`, if it answered (or fell back).
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.values.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Takes the value of part `name`, if it answered (or fell back).
     pub fn take(&mut self, name: &str) -> Option<Value> {
         let i = self.values.iter().position(|(n, _)| *n == name)?;
         Some(self.values.swap_remove(i).1)
@@ -425,6 +581,153 @@ mod tests {
             .run()
             .await
             .expect_err("timeout");
+        assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    /// Ids of `{"items": [{"id"}]}`, joined, for a batched call.
+    fn ids(v: &Value) -> Option<String> {
+        let ids: Vec<&str> = v["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["id"].as_str())
+            .collect();
+        (!ids.is_empty()).then(|| ids.join(","))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dependent_part_starts_when_its_source_answers() {
+        let start = tokio::time::Instant::now();
+        let mut g = FanOut::new()
+            .part(
+                "recs",
+                Need::Optional,
+                Duration::from_secs(1),
+                after(100, Ok(json!({"items": [{"id": "a"}, {"id": "b"}]}))),
+            )
+            .part(
+                "profile",
+                Need::Required,
+                Duration::from_secs(1),
+                after(250, Ok(json!("p"))),
+            )
+            .part_after(
+                "cards",
+                Need::Optional,
+                Duration::from_secs(1),
+                "recs",
+                |recs| ids(recs).map(|ids| after(100, Ok(json!({ "batched": ids })))),
+            )
+            .run()
+            .await
+            .expect("complete");
+        // The chain (100 + 100) ran beside the slower part (250): the whole costs 250.
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        assert_eq!(g.take("cards"), Some(json!({"batched": "a,b"})));
+        assert!(g.degraded().is_empty());
+        assert_eq!(g.meta()["parts"]["cards"]["latency_ms"], json!(100.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_source_skips_its_dependents_unless_it_falls_back() {
+        let failing = || after(10, Err(UpstreamError::Failed("x".into())));
+        let mut g = FanOut::new()
+            .part("recs", Need::Optional, Duration::from_secs(1), failing())
+            .part_after(
+                "cards",
+                Need::Optional,
+                Duration::from_secs(1),
+                "recs",
+                |_| Some(after(1, Ok(json!("never")))),
+            )
+            .part_after(
+                "more",
+                Need::Optional,
+                Duration::from_secs(1),
+                "cards",
+                |_| Some(after(1, Ok(json!("never")))),
+            )
+            .run()
+            .await
+            .expect("partial");
+        assert_eq!(g.take("cards"), None);
+        assert_eq!(g.degraded(), ["cards", "more", "recs"]);
+        assert_eq!(g.meta()["parts"]["more"]["outcome"], json!("skipped"));
+
+        // With a fallback the dependents run on it, and the answer is still partial.
+        let mut g = FanOut::new()
+            .part("recs", Need::Optional, Duration::from_secs(1), failing())
+            .or(json!({"items": [{"id": "popular"}]}))
+            .part_after(
+                "cards",
+                Need::Optional,
+                Duration::from_secs(1),
+                "recs",
+                |recs| ids(recs).map(|ids| after(1, Ok(json!(ids)))),
+            )
+            .run()
+            .await
+            .expect("partial");
+        assert_eq!(g.take("cards"), Some(json!("popular")));
+        assert_eq!(g.degraded(), ["recs"]);
+        assert_eq!(g.meta()["parts"]["recs"]["fallback"], json!(true));
+        assert!(g.meta()["parts"]["cards"].get("fallback").is_none());
+
+        // Nothing to fetch is an empty answer, not a failure.
+        let mut g = FanOut::new()
+            .part(
+                "recs",
+                Need::Optional,
+                Duration::from_secs(1),
+                after(1, Ok(json!({"items": []}))),
+            )
+            .part_after(
+                "cards",
+                Need::Required,
+                Duration::from_secs(1),
+                "recs",
+                |recs| ids(recs).map(|ids| after(1, Ok(json!(ids)))),
+            )
+            .run()
+            .await
+            .expect("complete");
+        assert_eq!(g.take("cards"), Some(Value::Null));
+        assert!(g.degraded().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_required_dependent_of_a_failed_source_is_502() {
+        let err = FanOut::new()
+            .part(
+                "recs",
+                Need::Optional,
+                Duration::from_secs(1),
+                after(10, Err(UpstreamError::Failed("x".into()))),
+            )
+            .part_after(
+                "cards",
+                Need::Required,
+                Duration::from_secs(1),
+                "recs",
+                |_| Some(after(1, Ok(json!(1)))),
+            )
+            .run()
+            .await
+            .expect_err("required dependent");
+        assert!(matches!(err, GatewayError::UpstreamFailed(ref p) if p == "cards"));
+        // A dependent's timeout counts from its own start.
+        let err = FanOut::new()
+            .part(
+                "a",
+                Need::Required,
+                Duration::from_secs(1),
+                after(300, Ok(json!(1))),
+            )
+            .part_after("b", Need::Required, Duration::from_millis(200), "a", |_| {
+                Some(after(250, Ok(json!(2))))
+            })
+            .run()
+            .await
+            .expect_err("dependent timeout");
         assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
     }
 }

@@ -664,6 +664,13 @@ pub struct UpstreamConfig {
     /// How calls spread over the instances: `round_robin` or `power_of_two_choices`.
     #[serde(default)]
     pub balance: crate::upstream::balance::Balance,
+    /// How the instances are found: `static` (the URLs as written) or `dns` (every address each
+    /// URL's host resolves to, resolved again every `dns_refresh_ms`).
+    #[serde(default)]
+    pub discovery: crate::upstream::discovery::Discovery,
+    /// Time between resolutions with `discovery = "dns"`, in milliseconds.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh_ms: u64,
     /// Time between active health checks of each instance (with several instances, or a
     /// `health_path`), in milliseconds.
     #[serde(default = "default_health_check_interval")]
@@ -738,6 +745,9 @@ pub struct FaultConfig {
 fn default_breaker_error_rate() -> f64 {
     0.5
 }
+fn default_dns_refresh() -> u64 {
+    5_000
+}
 fn default_health_check_interval() -> u64 {
     1_000
 }
@@ -775,6 +785,8 @@ impl UpstreamConfig {
             breaker_error_rate: default_breaker_error_rate(),
             instances: Vec::new(),
             balance: crate::upstream::balance::Balance::RoundRobin,
+            discovery: crate::upstream::discovery::Discovery::Static,
+            dns_refresh_ms: default_dns_refresh(),
             health_check_interval_ms: default_health_check_interval(),
             health_path: None,
             hedge_after_ms: None,
@@ -1206,6 +1218,30 @@ where
                         format!("upstreams.{name}.instances[{i}]"),
                         "must be an http(s) URL",
                         format!("{url:?}"),
+                    );
+                }
+            }
+            if up.discovery == crate::upstream::discovery::Discovery::Dns {
+                if let Some(url) = std::iter::once(&up.url)
+                    .chain(&up.instances)
+                    .chain(
+                        up.split
+                            .iter()
+                            .flat_map(|s| std::iter::once(&s.url).chain(&s.instances)),
+                    )
+                    .find(|u| !u.starts_with("http://"))
+                {
+                    return bad(
+                        format!("upstreams.{name}.discovery"),
+                        "\"dns\" needs http:// URLs: it connects to the addresses found, and a TLS certificate names the host",
+                        format!("{url:?}"),
+                    );
+                }
+                if !(100..=86_400_000).contains(&up.dns_refresh_ms) {
+                    return bad(
+                        format!("upstreams.{name}.dns_refresh_ms"),
+                        "must be between 100 and 86400000",
+                        up.dns_refresh_ms.to_string(),
                     );
                 }
             }

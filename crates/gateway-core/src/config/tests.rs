@@ -418,3 +418,35 @@ fn bad_cluster_settings_are_named() {
     )
     .expect("a prefix with braces on one server");
 }
+
+#[test]
+fn dns_discovery_is_static_by_default_and_checked() {
+    let user = &defaults().upstreams["user"];
+    assert_eq!(
+        user.discovery,
+        crate::upstream::discovery::Discovery::Static
+    );
+    let cfg = load_with(
+        "[upstreams.user]\nurl = \"http://user-svc.internal:50051\"\ndiscovery = \"dns\"\n",
+        &[("BFF_UPSTREAMS__USER__DNS_REFRESH_MS", "2000")],
+    )
+    .expect("valid");
+    let user = &cfg.upstreams["user"];
+    assert_eq!(user.discovery, crate::upstream::discovery::Discovery::Dns);
+    assert_eq!(user.dns_refresh_ms, 2000);
+    for (toml, expected) in [
+        (
+            "url = \"https://user-svc.internal\"\ndiscovery = \"dns\"\n",
+            "upstreams.user.discovery \"dns\" needs http:// URLs: it connects to the addresses found, and a TLS certificate names the host, got \"https://user-svc.internal\"",
+        ),
+        (
+            "url = \"http://user-svc.internal\"\ndiscovery = \"dns\"\ndns_refresh_ms = 10\n",
+            "upstreams.user.dns_refresh_ms must be between 100 and 86400000, got 10",
+        ),
+    ] {
+        let err = load_with(&format!("[upstreams.user]\n{toml}"), &[]).expect_err(toml);
+        assert_eq!(err, expected);
+    }
+    let err = load_with("[upstreams.user]\ndiscovery = \"consul\"\n", &[]).expect_err("consul");
+    assert!(err.contains("consul") && err.contains("discovery"), "{err}");
+}

@@ -2,7 +2,7 @@
 //! instances out of rotation (and put them back).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,39 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The instances of one upstream version as they stand: fixed with static discovery, replaced
+/// whole by each DNS resolution that changes them. A call takes a snapshot, so a replacement
+/// never disturbs calls in flight.
+#[derive(Debug)]
+pub(crate) struct InstanceSet {
+    current: RwLock<Arc<[Arc<Instance>]>>,
+}
+
+impl InstanceSet {
+    pub(crate) fn new(instances: Arc<[Arc<Instance>]>) -> Self {
+        Self {
+            current: RwLock::new(instances),
+        }
+    }
+
+    /// The instances now.
+    pub(crate) fn snapshot(&self) -> Arc<[Arc<Instance>]> {
+        // A poisoned lock still holds a whole list: replacing it is one assignment.
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `instances` in place of the current ones.
+    pub(crate) fn replace(&self, instances: Arc<[Arc<Instance>]>) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = instances;
+    }
+}
+
 /// Picks the instance for the next call: among the healthy ones, or among all when none is (better
 /// to try than to refuse outright).
 pub(crate) fn pick<'a>(
@@ -135,10 +168,11 @@ pub(crate) fn pick_other<'a>(
 }
 
 /// Checks every instance each `every`: `GET {base}{path}` answering 2xx when a path is set,
-/// otherwise a TCP connection. The task ends when the upstream is dropped.
+/// otherwise a TCP connection. Each round checks the instances of the moment (DNS discovery may
+/// have replaced them). The task ends when the upstream is dropped.
 pub(crate) fn spawn_health_checks(
     name: String,
-    instances: Weak<[Arc<Instance>]>,
+    instances: Weak<InstanceSet>,
     every: Duration,
     path: Option<String>,
     http: reqwest::Client,
@@ -151,10 +185,12 @@ pub(crate) fn spawn_health_checks(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(instances) = instances.upgrade() else {
+            let Some(set) = instances.upgrade() else {
                 return;
             };
-            for instance in instances.iter() {
+            let current = set.snapshot();
+            drop(set);
+            for instance in current.iter() {
                 let ok = check(
                     instance,
                     path.as_deref(),

@@ -22,6 +22,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 
 pub mod balance;
 pub mod breaker;
+pub mod discovery;
 pub mod fault;
 pub mod forward;
 pub mod split;
@@ -31,8 +32,9 @@ use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
 use crate::edge::{RequestId, TraceContext};
 use crate::error::GatewayError;
-use balance::{Balance, Instance};
+use balance::{Balance, Instance, InstanceSet};
 use breaker::{Breaker, BreakerSettings, BreakerState};
+use discovery::Discovery;
 use fault::{Faults, Injected};
 use split::{Cohort, Variants};
 
@@ -93,7 +95,7 @@ pub struct Upstream {
     label: metrics::SharedString,
     /// `primary`, or the split's name for an alternate version, as a metrics label.
     variant: metrics::SharedString,
-    instances: Arc<[Arc<Instance>]>,
+    instances: Arc<InstanceSet>,
     balance: Balance,
     next: AtomicUsize,
     http: reqwest::Client,
@@ -149,7 +151,7 @@ impl Upstream {
         F: FnOnce(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
-        let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
+        let instance = balance::pick(&self.instances.snapshot(), self.balance, &self.next).clone();
         self.call_on(instance, make).await
     }
 
@@ -282,11 +284,13 @@ impl Upstream {
         F: Fn(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
-        let Some(delay) = self.hedge_after.filter(|_| self.instances.len() > 1) else {
+        let instances = self.instances.snapshot();
+        let Some(delay) = self.hedge_after.filter(|_| instances.len() > 1) else {
             return self.call_once(make).await;
         };
-        let instance = balance::pick(&self.instances, self.balance, &self.next).clone();
-        let other = balance::pick_other(&self.instances, &instance, &self.next).clone();
+        let instance = balance::pick(&instances, self.balance, &self.next).clone();
+        let other = balance::pick_other(&instances, &instance, &self.next).clone();
+        drop(instances);
         let first = self.call_on(instance, make);
         tokio::pin!(first);
         tokio::select! {
@@ -456,10 +460,34 @@ impl Upstream {
         http: &reqwest::Client,
     ) -> Self {
         let timeout = Duration::from_millis(c.timeout_ms);
-        let instances: Arc<[Arc<Instance>]> = urls
-            .map(|url| Arc::new(Instance::new(url, timeout)))
-            .collect();
-        if instances.len() > 1 || c.health_path.is_some() {
+        let urls: Vec<&String> = urls.collect();
+        // With DNS discovery the URLs as written serve until the first resolution, moments later.
+        let instances = Arc::new(InstanceSet::new(
+            urls.iter()
+                .map(|url| Arc::new(Instance::new(url, timeout)))
+                .collect(),
+        ));
+        let (label, variant) = (
+            metrics::SharedString::from_shared(Arc::<str>::from(name)),
+            metrics::SharedString::from_shared(Arc::<str>::from(variant)),
+        );
+        metrics::gauge!("bff_upstream_instances", "upstream" => label.clone(), "variant" => variant.clone())
+            .set(urls.len() as f64);
+        let dns = c.discovery == Discovery::Dns;
+        if dns {
+            discovery::spawn_dns(
+                name.to_owned(),
+                variant.clone(),
+                urls.iter()
+                    .filter_map(|u| discovery::Target::parse(u))
+                    .collect(),
+                Arc::downgrade(&instances),
+                Duration::from_millis(c.dns_refresh_ms),
+                timeout,
+                discovery::system_resolver(),
+            );
+        }
+        if dns || urls.len() > 1 || c.health_path.is_some() {
             balance::spawn_health_checks(
                 name.to_owned(),
                 Arc::downgrade(&instances),
@@ -468,10 +496,6 @@ impl Upstream {
                 http.clone(),
             );
         }
-        let (label, variant) = (
-            metrics::SharedString::from_shared(Arc::<str>::from(name)),
-            metrics::SharedString::from_shared(Arc::<str>::from(variant)),
-        );
         // The breaker's series exists from the start: closed until it opens.
         metrics::gauge!("bff_upstream_circuit_open", "upstream" => label.clone(), "variant" => variant.clone())
             .set(0.0);
@@ -999,6 +1023,43 @@ mod tests {
         // Once finished, the next read goes to the backend again: this is not a cache.
         up.get_json(&alice, "/items/1").await.expect("again");
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn dns_discovery_calls_the_addresses_a_name_resolves_to() {
+        let (url, hits) = counting_backend(Duration::ZERO).await;
+        let port = url.rsplit(':').next().expect("port");
+        let cfg = UpstreamConfig {
+            discovery: Discovery::Dns,
+            dns_refresh_ms: 100,
+            health_check_interval_ms: 50,
+            ..UpstreamConfig::at(format!("http://localhost:{port}/"))
+        };
+        let up = Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u");
+        // The name gives way to its addresses; an address where nothing listens (`::1`, say,
+        // when the backend listens on IPv4 alone) is found unhealthy by the checks.
+        let v4 = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = up.instances.snapshot();
+            let bases: Vec<&str> = now.iter().map(|i| i.base()).collect();
+            let settled = bases.contains(&v4.as_str())
+                && now.iter().all(|i| i.base() == v4 || !i.is_healthy());
+            if settled {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not discovered: {bases:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..10 {
+            up.get_json(&CallContext::detached(), "/items/1")
+                .await
+                .expect("call");
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 10);
     }
 }
 
