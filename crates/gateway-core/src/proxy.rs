@@ -15,15 +15,14 @@
 //! Only backends whose API is fit for clients belong behind a proxy route: nothing is filtered
 //! out of the answer.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::Method;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 
 use crate::config::ProxyConfig;
 use crate::edge::{ClientIp, IDENTITY_HEADERS};
@@ -58,6 +57,26 @@ const CLIENT_HEADERS_DROPPED: [&str; 7] = [
 
 /// Answer headers that would tell a client what runs behind the gateway.
 const ANSWER_HEADERS_DROPPED: [&str; 2] = ["server", "x-powered-by"];
+
+/// Everything [`strip_request_headers`] removes, as header names parsed once.
+static REQUEST_STRIPPED: LazyLock<Vec<HeaderName>> = LazyLock::new(|| {
+    HOP_BY_HOP
+        .iter()
+        .chain(&CLIENT_HEADERS_DROPPED)
+        .chain(&IDENTITY_HEADERS)
+        .chain(&[DEADLINE_HEADER])
+        .map(|n| HeaderName::from_static(n))
+        .collect()
+});
+
+/// Everything removed from a backend's answer, as header names parsed once.
+static ANSWER_STRIPPED: LazyLock<Vec<HeaderName>> = LazyLock::new(|| {
+    HOP_BY_HOP
+        .iter()
+        .chain(&ANSWER_HEADERS_DROPPED)
+        .map(|n| HeaderName::from_static(n))
+        .collect()
+});
 
 /// One pass-through route, resolved against the upstreams.
 pub struct ProxyRoute {
@@ -140,7 +159,8 @@ impl ProxyRoute {
         }
         let timeout = ctx.budget(self.upstream.timeout);
         let started = std::time::Instant::now();
-        let mut headers = request_headers(&parts.headers);
+        let mut headers = parts.headers;
+        strip_request_headers(&mut headers);
         for (name, value) in ctx.headers(timeout) {
             headers.insert(name, value);
         }
@@ -149,10 +169,13 @@ impl ProxyRoute {
         {
             headers.insert("x-forwarded-for", v);
         }
-        // A body larger than the limit ends the stream with an error, and the call with it.
-        let body = reqwest::Body::wrap_stream(
-            Body::new(http_body_util::Limited::new(body, self.body_limit)).into_data_stream(),
-        );
+        // A request without a body (most GETs) is sent without one, not as an empty stream. A
+        // body larger than the limit ends the stream with an error, and the call with it.
+        let body = (!axum::body::HttpBody::is_end_stream(&body)).then(|| {
+            reqwest::Body::wrap_stream(
+                Body::new(http_body_util::Limited::new(body, self.body_limit)).into_data_stream(),
+            )
+        });
         let res = self
             .upstream
             .send(&ctx, parts.method, &target, headers, body, timeout)
@@ -166,34 +189,36 @@ impl ProxyRoute {
                 _ => GatewayError::UpstreamFailed(self.upstream.name.clone()),
             })?;
         let mut out = answer(res, self.upstream.timeout);
-        let timing = format!(
-            "{}:{}:{:.1}ms",
-            self.upstream.name,
-            out.status().as_u16(),
-            started.elapsed().as_secs_f64() * 1000.0
-        );
-        out.extensions_mut()
-            .insert(crate::aggregate::UpstreamTimings(timing.into()));
+        // For the access line, when there is one.
+        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+            let timing = format!(
+                "{}:{}:{:.1}ms",
+                self.upstream.name,
+                out.status().as_u16(),
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            out.extensions_mut()
+                .insert(crate::aggregate::UpstreamTimings(timing.into()));
+        }
         Ok(out)
+    }
+}
+
+/// Removes from a client's request what a backend may not see: hop-by-hop headers (and those
+/// `Connection` names), the client's credentials, and what only the gateway may say.
+pub(crate) fn strip_request_headers(headers: &mut HeaderMap) {
+    for name in connection_named(headers) {
+        headers.remove(name);
+    }
+    for name in REQUEST_STRIPPED.iter() {
+        headers.remove(name);
     }
 }
 
 /// The client's headers a backend may see.
 pub(crate) fn request_headers(from: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(from.len() + 8);
-    let named = connection_named(from);
-    for (name, value) in from {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || CLIENT_HEADERS_DROPPED.contains(&n)
-            || IDENTITY_HEADERS.contains(&n)
-            || n == DEADLINE_HEADER
-            || named.contains(name)
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
+    let mut out = from.clone();
+    strip_request_headers(&mut out);
     out
 }
 
@@ -208,45 +233,28 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The backend's answer as the client gets it, the body streamed with an idle bound per chunk.
+/// The backend's answer as the client gets it, the body streamed with an idle bound per chunk:
+/// a stalled upstream ends the answer with an error after `idle`.
 fn answer(res: reqwest::Response, idle: Duration) -> Response {
-    let status = StatusCode::from_u16(res.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut headers = HeaderMap::with_capacity(res.headers().len());
-    let named = connection_named(res.headers());
-    for (name, value) in res.headers() {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || ANSWER_HEADERS_DROPPED.contains(&n) || named.contains(name) {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
+    let (mut parts, body) = axum::http::Response::from(res).into_parts();
+    // Only status, headers and body carry over: not the backend's protocol version, nor what
+    // the client library noted about the exchange.
+    parts.version = axum::http::Version::default();
+    parts.extensions = axum::http::Extensions::new();
+    for name in connection_named(&parts.headers) {
+        parts.headers.remove(name);
     }
-    // The stream ends after its first error: a stalled or broken upstream ends the answer once.
-    // Fused, since layers such as compression may poll again after the end.
-    let body = futures::stream::unfold(Some(res.bytes_stream()), move |chunks| async move {
-        let mut chunks = chunks?;
-        match tokio::time::timeout(idle, chunks.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
-            Ok(Some(Err(err))) => Some((Err(std::io::Error::other(err)), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "upstream body stalled",
-                )),
-                None,
-            )),
-        }
-    })
-    .fuse();
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    for name in ANSWER_STRIPPED.iter() {
+        parts.headers.remove(name);
+    }
+    let body = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     fn route(prefix: &str, rewrite: Option<&str>) -> ProxyRoute {
         let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
@@ -296,5 +304,46 @@ mod tests {
         let out = request_headers(&h);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["accept"]);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_reaches_the_client_unfollowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        let backend = axum::Router::new()
+            .route(
+                "/old",
+                axum::routing::get(|| async {
+                    axum::response::Redirect::temporary("/new?from=old")
+                }),
+            )
+            .route(
+                "/new",
+                axum::routing::get(move || async move {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    "followed"
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, backend).await });
+        let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
+            "catalog".to_owned(),
+            crate::config::UpstreamConfig::at(&url),
+        )]))
+        .expect("upstreams");
+        let route = ProxyRoute {
+            upstream: upstreams.get("catalog").expect("catalog"),
+            ..route("/api", Some("/"))
+        };
+        let req = Request::get("/api/old")
+            .body(Body::empty())
+            .expect("request");
+        let res = route.forward(CallContext::detached(), req).await;
+        assert_eq!(res.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(res.headers()["location"], "/new?from=old");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 }

@@ -251,10 +251,7 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .layer(
                 ServiceBuilder::new()
                     .layer(middleware::from_fn_with_state(
-                        telemetry::AccessLog {
-                            bff: self.bff,
-                            variants: self.upstreams.has_splits(),
-                        },
+                        telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
                         telemetry::access_log,
                     ))
                     // Bodies read by extractors are bounded even when no length was declared.

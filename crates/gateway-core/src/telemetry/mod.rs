@@ -3,7 +3,8 @@
 //! One access line per request (target `access`), Prometheus metrics from one process-wide recorder
 //! rendered at `/metrics`, every series labelled with the BFF's name.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -166,7 +167,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 /// What the access log needs to know of its BFF.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AccessLog {
     /// The BFF's name, on every line and series.
     pub bff: &'static str,
@@ -174,6 +175,98 @@ pub struct AccessLog {
     /// request's calls reached (`variants = "content=v2,ads=primary"`); otherwise the field is
     /// empty and costs nothing.
     pub variants: bool,
+    series: Arc<RequestSeries>,
+}
+
+impl AccessLog {
+    /// The access log of BFF `bff`; `variants` as the field says.
+    pub fn new(bff: &'static str, variants: bool) -> Self {
+        Self {
+            bff,
+            variants,
+            series: Arc::new(RequestSeries::default()),
+        }
+    }
+}
+
+/// Routes whose series handles are kept; more (there are not, in a BFF) are registered per
+/// request, as if nothing were kept.
+const MAX_ROUTES_KEPT: usize = 512;
+/// Statuses kept per route.
+const MAX_STATUSES_KEPT: usize = 64;
+
+/// The handles of `bff_requests_total` and `bff_request_duration_seconds`, kept per route and
+/// status: a request then costs a lookup under a read lock, not the building, hashing and
+/// registering of a labelled key.
+#[derive(Debug, Default)]
+struct RequestSeries {
+    routes: RwLock<HashMap<Box<str>, Arc<RouteSeries>>>,
+}
+
+#[derive(Debug)]
+struct RouteSeries {
+    route: metrics::SharedString,
+    duration: metrics::Histogram,
+    by_status: RwLock<Vec<(u16, metrics::Counter)>>,
+}
+
+impl RequestSeries {
+    fn record(&self, bff: &'static str, route: &str, status: u16, elapsed: f64) {
+        let Some(series) = self.route(bff, route) else {
+            metrics::counter!("bff_requests_total", "bff" => bff, "route" => route.to_owned(), "status" => status.to_string())
+                .increment(1);
+            metrics::histogram!("bff_request_duration_seconds", "bff" => bff, "route" => route.to_owned())
+                .record(elapsed);
+            return;
+        };
+        series.duration.record(elapsed);
+        series.count(bff, status);
+    }
+
+    fn route(&self, bff: &'static str, route: &str) -> Option<Arc<RouteSeries>> {
+        if let Some(series) = read(&self.routes).get(route) {
+            return Some(series.clone());
+        }
+        let mut routes = write(&self.routes);
+        if routes.len() >= MAX_ROUTES_KEPT {
+            return routes.get(route).cloned();
+        }
+        let label = metrics::SharedString::from_shared(Arc::<str>::from(route));
+        let series = routes.entry(route.into()).or_insert_with(|| {
+            Arc::new(RouteSeries {
+                duration: metrics::histogram!("bff_request_duration_seconds", "bff" => bff, "route" => label.clone()),
+                route: label,
+                by_status: RwLock::default(),
+            })
+        });
+        Some(series.clone())
+    }
+}
+
+impl RouteSeries {
+    fn count(&self, bff: &'static str, status: u16) {
+        if let Some((_, counter)) = read(&self.by_status).iter().find(|(s, _)| *s == status) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!("bff_requests_total", "bff" => bff, "route" => self.route.clone(), "status" => status.to_string());
+        counter.increment(1);
+        let mut by_status = write(&self.by_status);
+        if by_status.len() < MAX_STATUSES_KEPT && !by_status.iter().any(|(s, _)| *s == status) {
+            by_status.push((status, counter));
+        }
+    }
+}
+
+/// A read guard; a poisoned lock still holds whole entries (each is inserted in one step).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Middleware: one access line and the request metrics per request.
@@ -185,17 +278,19 @@ pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Ne
         req.extensions_mut().insert(v.clone());
         v
     });
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let request_id = req.extensions().get::<RequestId>().cloned();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // What only the line needs is taken only when the line is written.
+    let line = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
+        (
+            req.method().clone(),
+            req.uri().path().to_owned(),
+            req.extensions().get::<RequestId>().cloned(),
+        )
+    });
     let res = if tracing_exported() {
         use tracing::Instrument;
-        let span = request_span(&mut req, &route, bff);
+        let span = request_span(&mut req, route, bff);
         let res = next.run(req).instrument(span.clone()).await;
         span.record("http.response.status_code", res.status().as_u16());
         res
@@ -204,37 +299,30 @@ pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Ne
     };
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
-    let subject = res
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.subject.clone());
-    let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
-    let variants = variants.map(|v| v.render());
-    let upstreams = res
-        .extensions()
-        .get::<crate::aggregate::UpstreamTimings>()
-        .map(|t| t.0.clone());
-    tracing::info!(
-        target: "access",
-        bff,
-        method = %method,
-        path = %path,
-        route = %route,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = request_id.as_ref().and_then(|r| r.0.to_str().ok()).unwrap_or(""),
-        subject = subject.as_deref().unwrap_or(""),
-        problem = code.unwrap_or(""),
-        cache = res.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or(""),
-        degraded = res.headers().get("x-degraded").and_then(|v| v.to_str().ok()).unwrap_or(""),
-        variants = variants.as_deref().unwrap_or(""),
-        upstreams = upstreams.as_deref().unwrap_or(""),
-    );
-    let status_label = status.to_string();
-    metrics::counter!("bff_requests_total", "bff" => bff, "route" => route.clone(), "status" => status_label)
-        .increment(1);
-    metrics::histogram!("bff_request_duration_seconds", "bff" => bff, "route" => route)
-        .record(elapsed.as_secs_f64());
+    if let Some((method, path, request_id)) = line {
+        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());
+        let variants = variants.map(|v| v.render());
+        tracing::info!(
+            target: "access",
+            bff,
+            method = %method,
+            path = %path,
+            route = %route,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = request_id.as_ref().and_then(|r| r.0.to_str().ok()).unwrap_or(""),
+            subject = res.extensions().get::<Principal>().map_or("", |p| &*p.subject),
+            problem = res.extensions().get::<ErrorCode>().map_or("", |c| c.0),
+            cache = header("x-cache").unwrap_or(""),
+            degraded = header("x-degraded").unwrap_or(""),
+            variants = variants.as_deref().unwrap_or(""),
+            upstreams = res
+                .extensions()
+                .get::<crate::aggregate::UpstreamTimings>()
+                .map_or("", |t| &*t.0),
+        );
+    }
+    log.series.record(bff, route, status, elapsed.as_secs_f64());
     res
 }
 
@@ -311,10 +399,7 @@ mod tests {
                 next.run(req)
             }))
             .layer(middleware::from_fn_with_state(
-                AccessLog {
-                    bff: "test",
-                    variants: true,
-                },
+                AccessLog::new("test", true),
                 access_log,
             ));
         let out = Captured::default();
@@ -362,10 +447,7 @@ mod tests {
                 }),
             )
             .layer(middleware::from_fn_with_state(
-                AccessLog {
-                    bff: "test",
-                    variants: false,
-                },
+                AccessLog::new("test", false),
                 access_log,
             ));
         let out = Captured::default();
@@ -388,5 +470,67 @@ mod tests {
             .expect("an access line");
         assert!(line.contains("user:ok:"), "{line}");
         assert!(line.contains("ads:error:"), "{line}");
+    }
+
+    /// Runs `app` on `req` with a JSON log captured; the access line.
+    async fn access_line(app: Router, req: Request) -> String {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let res = app.oneshot(req).await.expect("response");
+        assert!(res.status().is_success(), "{}", res.status());
+        let logs = String::from_utf8(out.0.lock().expect("logs").clone()).expect("utf-8");
+        logs.lines()
+            .find(|l| l.contains("\"target\":\"access\""))
+            .expect("an access line")
+            .to_owned()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_access_line_carries_a_pass_through_calls_timing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let backend = Router::new().route("/items/1", get(|| async { "{}" }));
+        tokio::spawn(async move { axum::serve(listener, backend).await });
+        let upstreams = Upstreams::new(&[("catalog".to_owned(), UpstreamConfig::at(&url))].into())
+            .expect("upstreams");
+        let config = crate::config::ProxyConfig {
+            prefix: "/api/catalog".into(),
+            upstream: "catalog".into(),
+            rewrite: Some("/".into()),
+            scopes: Vec::new(),
+            methods: vec!["GET".into()],
+        };
+        let route = crate::proxy::ProxyRoute::resolve(&[config], &upstreams, 1024)
+            .expect("route")
+            .remove(0);
+        let app =
+            Router::new()
+                .route(
+                    "/api/catalog/{*rest}",
+                    get(move |ctx: CallContext, req: Request| async move {
+                        route.forward(ctx, req).await
+                    }),
+                )
+                .layer(middleware::from_fn_with_state(
+                    AccessLog::new("test", false),
+                    access_log,
+                ));
+        let req = Request::get("/api/catalog/items/1")
+            .body(Body::empty())
+            .expect("request");
+        let line = access_line(app, req).await;
+        assert!(line.contains("\"upstreams\":\"catalog:200:"), "{line}");
+        assert!(
+            line.contains("\"route\":\"/api/catalog/{*rest}\""),
+            "{line}"
+        );
     }
 }

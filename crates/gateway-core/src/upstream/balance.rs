@@ -23,6 +23,8 @@ pub enum Balance {
 #[derive(Debug)]
 pub struct Instance {
     base: String,
+    /// `base` parsed once: a call's URL is this with its path and query set.
+    url: Option<reqwest::Url>,
     connect_timeout: Duration,
     channel: OnceLock<Channel>,
     healthy: AtomicBool,
@@ -32,8 +34,10 @@ pub struct Instance {
 impl Instance {
     /// An instance at `base` (`http://host:port`), healthy until a check says otherwise.
     pub fn new(base: &str, connect_timeout: Duration) -> Self {
+        let base = base.trim_end_matches('/');
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            url: reqwest::Url::parse(base).ok(),
+            base: base.to_owned(),
             connect_timeout,
             channel: OnceLock::new(),
             healthy: AtomicBool::new(true),
@@ -44,6 +48,24 @@ impl Instance {
     /// Its base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The URL of `target` (`/path?query`) on this instance, under the base's own path; `None`
+    /// if the base is no URL (configuration validation makes that unlikely).
+    pub fn url_for(&self, target: &str) -> Option<reqwest::Url> {
+        let mut url = self.url.clone()?;
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        if url.path() == "/" {
+            url.set_path(path);
+        } else {
+            let joined = [url.path(), path].concat();
+            url.set_path(&joined);
+        }
+        url.set_query(query);
+        Some(url)
     }
 
     /// Whether the last health check passed.
@@ -303,6 +325,25 @@ mod tests {
             .count();
         // Whenever the two draws differ (about half the time) the idle instance wins.
         assert!(picks > 60, "{picks}");
+    }
+
+    #[test]
+    fn a_calls_url_is_the_base_and_the_target_as_written() {
+        for base in ["http://127.0.0.1:9001", "http://svc.internal:80/v1/"] {
+            let instance = Instance::new(base, Duration::from_secs(1));
+            for target in [
+                "/",
+                "/items/1",
+                "/items?ids=a,b&limit=2",
+                "/a%2Fb/%7E?q=%20x",
+                "/search?q=caf%C3%A9",
+                "/trailing/",
+            ] {
+                let expected =
+                    reqwest::Url::parse(&format!("{}{target}", instance.base())).expect("url");
+                assert_eq!(instance.url_for(target), Some(expected), "{base} {target}");
+            }
+        }
     }
 
     #[test]

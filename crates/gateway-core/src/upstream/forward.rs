@@ -17,17 +17,20 @@ impl Upstream {
         method: Method,
         target: &str,
         headers: HeaderMap,
-        body: reqwest::Body,
+        body: Option<reqwest::Body>,
         timeout: Duration,
     ) -> Result<reqwest::Response, UpstreamError> {
         self.call(ctx, |instance| {
-            let req = self
-                .http
-                .request(method, format!("{}{target}", instance.base()))
-                .headers(headers)
-                .body(body);
+            // Built whole and moved into the client: the headers are not copied again.
+            let req = instance.url_for(target).map(|url| {
+                let mut req = reqwest::Request::new(method, url);
+                *req.headers_mut() = headers;
+                *req.body_mut() = body;
+                req
+            });
             async move {
-                match tokio::time::timeout(timeout, req.send()).await {
+                let req = req.ok_or_else(|| UpstreamError::Failed("url".into()))?;
+                match tokio::time::timeout(timeout, self.http.execute(req)).await {
                     Ok(Ok(res)) => Ok(res),
                     Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout),
                     // The client's body failed (too slow, too large): not the upstream's fault,

@@ -108,6 +108,8 @@ pub struct Upstream {
     split: Option<Split>,
     /// Identical reads in flight, shared ("single flight").
     reads: Coalescer<Result<Value, UpstreamError>>,
+    /// `bff_upstream_calls_total` of this version, one series per outcome, registered once.
+    calls: [metrics::Counter; OUTCOMES.len()],
 }
 
 /// A traffic split: the cohort's calls go to `target`, a whole upstream of its own.
@@ -163,8 +165,7 @@ impl Upstream {
         // A full upstream sheds the call at once: queueing would only spend the part's deadline.
         let _slot = match &self.in_flight {
             Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
-                metrics::counter!("bff_upstream_calls_total", "upstream" => self.label.clone(), "variant" => self.variant.clone(), "outcome" => "overloaded")
-                    .increment(1);
+                self.calls[OVERLOADED].increment(1);
                 UpstreamError::Overloaded
             })?),
             None => None,
@@ -191,8 +192,7 @@ impl Upstream {
                 .set(open);
             tracing::warn!(upstream = %self.name, variant = %self.variant, state = ?after, "circuit breaker changed state");
         }
-        metrics::counter!("bff_upstream_calls_total", "upstream" => self.label.clone(), "variant" => self.variant.clone(), "outcome" => outcome(&result))
-            .increment(1);
+        self.calls[outcome(&result)].increment(1);
         result
     }
 
@@ -499,6 +499,9 @@ impl Upstream {
         // The breaker's series exists from the start: closed until it opens.
         metrics::gauge!("bff_upstream_circuit_open", "upstream" => label.clone(), "variant" => variant.clone())
             .set(0.0);
+        let calls = OUTCOMES.map(|o| {
+            metrics::counter!("bff_upstream_calls_total", "upstream" => label.clone(), "variant" => variant.clone(), "outcome" => o)
+        });
         Upstream {
             name: name.to_owned(),
             label,
@@ -525,6 +528,7 @@ impl Upstream {
             faults: c.fault.as_ref().and_then(Faults::new),
             split: None,
             reads: Coalescer::default(),
+            calls,
         }
     }
 }
@@ -537,7 +541,12 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds the registry; REST upstreams share one pooled client.
     pub fn new(cfg: &BTreeMap<String, UpstreamConfig>) -> Result<Self, ConfigError> {
+        // Installed before the series below are registered, so none is registered nowhere.
+        crate::telemetry::metrics_handle();
         let http = reqwest::Client::builder()
+            // A redirect is an answer: passed through to the client or failed, never followed to
+            // wherever a backend points.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
@@ -700,17 +709,31 @@ impl CallContext {
     }
 }
 
-fn outcome<T>(r: &Result<T, UpstreamError>) -> &'static str {
+/// The `outcome` labels of `bff_upstream_calls_total`, indexed by [`outcome`].
+const OUTCOMES: [&str; 7] = [
+    "ok",
+    "timeout",
+    "not_found",
+    "rejected",
+    "error",
+    "circuit_open",
+    "overloaded",
+];
+
+fn outcome<T>(r: &Result<T, UpstreamError>) -> usize {
     match r {
-        Ok(_) => "ok",
-        Err(UpstreamError::Timeout) => "timeout",
-        Err(UpstreamError::NotFound) => "not_found",
-        Err(UpstreamError::Rejected(_)) => "rejected",
-        Err(UpstreamError::Failed(_)) => "error",
-        Err(UpstreamError::CircuitOpen) => "circuit_open",
-        Err(UpstreamError::Overloaded) => "overloaded",
+        Ok(_) => 0,
+        Err(UpstreamError::Timeout) => 1,
+        Err(UpstreamError::NotFound) => 2,
+        Err(UpstreamError::Rejected(_)) => 3,
+        Err(UpstreamError::Failed(_)) => 4,
+        Err(UpstreamError::CircuitOpen) => 5,
+        Err(UpstreamError::Overloaded) => OVERLOADED,
     }
 }
+
+/// The index of `overloaded` in [`OUTCOMES`].
+const OVERLOADED: usize = 6;
 
 fn push(out: &mut Vec<(&'static str, HeaderValue)>, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
