@@ -54,6 +54,27 @@ async fn a_declared_oversized_body_is_413_before_it_is_read() {
 }
 
 #[tokio::test]
+async fn an_undeclared_oversized_body_ends_a_pass_through_call_with_413() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.body_limit_bytes = 1024;
+    })
+    .await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    // Chunked, so no length is declared: the limit is met while the body streams to the backend.
+    let chunk = format!("{{\"query\": \"{}\"}}", "a".repeat(2000));
+    let request = format!(
+        "POST /api/catalog/search HTTP/1.1\r\nHost: bff\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let answer = exchange(&bff, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+}
+
+#[tokio::test]
 async fn ambiguous_framing_is_refused_or_cannot_smuggle() {
     let stack = Stack::start().await;
     let bff = TestBff::start(&bff_partner::BFF, &stack, |_| {}).await;

@@ -169,13 +169,8 @@ impl ProxyRoute {
         {
             headers.insert("x-forwarded-for", v);
         }
-        // A request without a body (most GETs) is sent without one, not as an empty stream. A
-        // body larger than the limit ends the stream with an error, and the call with it.
-        let body = (!axum::body::HttpBody::is_end_stream(&body)).then(|| {
-            reqwest::Body::wrap_stream(
-                Body::new(http_body_util::Limited::new(body, self.body_limit)).into_data_stream(),
-            )
-        });
+        // A body larger than the limit ends the stream with an error, and the call with it.
+        let body = Body::new(http_body_util::Limited::new(body, self.body_limit));
         let res = self
             .upstream
             .send(&ctx, parts.method, &target, headers, body, timeout)
@@ -235,8 +230,8 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
 
 /// The backend's answer as the client gets it, the body streamed with an idle bound per chunk:
 /// a stalled upstream ends the answer with an error after `idle`.
-fn answer(res: reqwest::Response, idle: Duration) -> Response {
-    let (mut parts, body) = axum::http::Response::from(res).into_parts();
+fn answer(res: Response, idle: Duration) -> Response {
+    let (mut parts, body) = res.into_parts();
     // Only status, headers and body carry over: not the backend's protocol version, nor what
     // the client library noted about the exchange.
     parts.version = axum::http::Version::default();

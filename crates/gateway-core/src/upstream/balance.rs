@@ -25,6 +25,8 @@ pub struct Instance {
     base: String,
     /// `base` parsed once: a call's URL is this with its path and query set.
     url: Option<reqwest::Url>,
+    /// For an `http://` base, its authority and path, for pass-through calls' URIs.
+    plain: Option<(http::uri::Authority, String)>,
     connect_timeout: Duration,
     channel: OnceLock<Channel>,
     healthy: AtomicBool,
@@ -35,8 +37,16 @@ impl Instance {
     /// An instance at `base` (`http://host:port`), healthy until a check says otherwise.
     pub fn new(base: &str, connect_timeout: Duration) -> Self {
         let base = base.trim_end_matches('/');
+        let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
+            (uri.scheme() == Some(&http::uri::Scheme::HTTP)).then_some(())?;
+            Some((
+                uri.authority()?.clone(),
+                uri.path().trim_end_matches('/').to_owned(),
+            ))
+        });
         Self {
             url: reqwest::Url::parse(base).ok(),
+            plain,
             base: base.to_owned(),
             connect_timeout,
             channel: OnceLock::new(),
@@ -66,6 +76,23 @@ impl Instance {
         }
         url.set_query(query);
         Some(url)
+    }
+
+    /// The URI of `target` (`/path?query`) on an `http://` instance; `None` for `https://` (or
+    /// a target that is no path).
+    pub fn plain_uri_for(&self, target: &str) -> Option<http::Uri> {
+        let (authority, prefix) = self.plain.as_ref()?;
+        let path_and_query = if prefix.is_empty() {
+            http::uri::PathAndQuery::try_from(target).ok()?
+        } else {
+            http::uri::PathAndQuery::try_from([prefix.as_str(), target].concat()).ok()?
+        };
+        http::Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
     }
 
     /// Whether the last health check passed.
@@ -344,6 +371,13 @@ mod tests {
                 assert_eq!(instance.url_for(target), Some(expected), "{base} {target}");
             }
         }
+    }
+
+    #[test]
+    fn only_plain_http_instances_take_the_pass_through_client() {
+        let tls = Instance::new("https://svc.internal", Duration::from_secs(1));
+        assert_eq!(tls.plain_uri_for("/x"), None);
+        assert!(tls.url_for("/x").is_some());
     }
 
     #[test]

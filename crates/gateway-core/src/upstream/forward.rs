@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method};
+use axum::body::{Body, HttpBody};
+use axum::http::{HeaderMap, Method, Request, Response};
 
 use super::{CallContext, Upstream, UpstreamError};
 
 impl Upstream {
     /// Sends `method target` with `headers` and a streamed `body` to the instance the balancer
-    /// picks, through the circuit breaker and concurrency cap, on the shared pooled client. Waits
-    /// at most `timeout` for the answer's head; the body is the caller's to stream. Never retried
+    /// picks, through the circuit breaker and concurrency cap, on a shared pooled client (the
+    /// pass-through client for `http://` instances, the REST client for `https://`). Waits at
+    /// most `timeout` for the answer's head; the body is the caller's to stream. Never retried
     /// (the body is consumed); a 5xx answer is an answer, passed on, not an error.
     pub async fn send(
         &self,
@@ -17,33 +19,51 @@ impl Upstream {
         method: Method,
         target: &str,
         headers: HeaderMap,
-        body: Option<reqwest::Body>,
+        body: Body,
         timeout: Duration,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        self.call(ctx, |instance| {
-            // Built whole and moved into the client: the headers are not copied again.
-            let req = instance.url_for(target).map(|url| {
-                let mut req = reqwest::Request::new(method, url);
-                *req.headers_mut() = headers;
-                *req.body_mut() = body;
-                req
-            });
-            async move {
-                let req = req.ok_or_else(|| UpstreamError::Failed("url".into()))?;
-                match tokio::time::timeout(timeout, self.http.execute(req)).await {
-                    Ok(Ok(res)) => Ok(res),
-                    Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout),
-                    // The client's body failed (too slow, too large): not the upstream's fault,
-                    // so not a failure its breaker should count.
-                    Ok(Err(e)) => match client_body_failure(&e) {
-                        Some(why) => Err(UpstreamError::Rejected(why.into())),
-                        None => Err(UpstreamError::Failed("connect".into())),
-                    },
-                    Err(_) => Err(UpstreamError::Timeout),
+    ) -> Result<Response<Body>, UpstreamError> {
+        self.call(ctx, |instance| async move {
+            match instance.plain_uri_for(target) {
+                Some(uri) => {
+                    let mut req = Request::new(body);
+                    *req.method_mut() = method;
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = headers;
+                    match tokio::time::timeout(timeout, self.pass.request(req)).await {
+                        Ok(Ok(res)) => Ok(res.map(Body::new)),
+                        Ok(Err(e)) => Err(failure(&e)),
+                        Err(_) => Err(UpstreamError::Timeout),
+                    }
+                }
+                None => {
+                    let url = instance
+                        .url_for(target)
+                        .ok_or_else(|| UpstreamError::Failed("url".into()))?;
+                    // Built whole and moved into the client: the headers are not copied again.
+                    let mut req = reqwest::Request::new(method, url);
+                    *req.headers_mut() = headers;
+                    if !HttpBody::is_end_stream(&body) {
+                        *req.body_mut() = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
+                    }
+                    match tokio::time::timeout(timeout, self.http.execute(req)).await {
+                        Ok(Ok(res)) => Ok(Response::from(res).map(Body::new)),
+                        Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout),
+                        Ok(Err(e)) => Err(failure(&e)),
+                        Err(_) => Err(UpstreamError::Timeout),
+                    }
                 }
             }
         })
         .await
+    }
+}
+
+/// A call that failed without an answer. The client's body failing (too slow, too large) is not
+/// the upstream's fault, so not a failure its breaker should count.
+fn failure(e: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    match client_body_failure(e) {
+        Some(why) => UpstreamError::Rejected(why.into()),
+        None => UpstreamError::Failed("connect".into()),
     }
 }
 
