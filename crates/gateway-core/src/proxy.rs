@@ -162,7 +162,8 @@ impl ProxyRoute {
         let mut headers = parts.headers;
         strip_request_headers(&mut headers);
         for (name, value) in ctx.headers(timeout) {
-            headers.insert(name, value);
+            // A static name costs no allocation; a `&str` key would be copied.
+            headers.insert(HeaderName::from_static(name), value);
         }
         if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>()
             && let Ok(v) = HeaderValue::from_str(&ip.to_string())

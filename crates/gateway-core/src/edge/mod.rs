@@ -104,7 +104,9 @@ impl TraceContext {
 
     /// The trace id in lower-case hex.
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        let mut out = String::with_capacity(32);
+        hex_into(&mut out, &self.trace_id);
+        out
     }
 
     /// A `traceparent` for an outgoing call: same trace; as parent, the request's exported span,
@@ -115,23 +117,25 @@ impl TraceContext {
         } else {
             random_span()
         };
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&parent),
-            self.flags
-        )
+        traceparent(&self.trace_id, &parent, self.flags)
     }
 
     /// Our own `traceparent`, returned to the client.
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        traceparent(&self.trace_id, &self.span_id, self.flags)
     }
+}
+
+/// `00-{trace id}-{span id}-{flags}`, written in one allocation.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> String {
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    hex_into(&mut out, trace_id);
+    out.push('-');
+    hex_into(&mut out, span_id);
+    out.push('-');
+    hex_into(&mut out, &[flags]);
+    out
 }
 
 fn random_span() -> [u8; 8] {
@@ -140,14 +144,12 @@ fn random_span() -> [u8; 8] {
     span
 }
 
-fn hex(bytes: &[u8]) -> String {
+fn hex_into(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    out
 }
 
 fn hex_decode<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -189,7 +191,8 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
         .filter(|v| acceptable_request_id(v))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            let mut buf = uuid::Uuid::encode_buffer();
+            HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
         });
     let trace = TraceContext::from_header(req.headers().get(&TRACEPARENT));

@@ -416,7 +416,7 @@ impl Upstream {
         }
         .timeout(timeout);
         for (name, value) in ctx.headers(timeout) {
-            req = req.header(name, value);
+            req = req.header(axum::http::HeaderName::from_static(name), value);
         }
         let res = req.send().await.map_err(|e| {
             if e.is_timeout() {
