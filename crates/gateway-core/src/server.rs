@@ -167,6 +167,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
             .collect();
         let edge = edge::Edge {
             trusted_proxies: trusted,
+            max_uri_bytes: cfg.server.max_uri_bytes,
         };
         let shared = Shared {
             bff: self.bff,
@@ -269,17 +270,12 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             );
         // Edge hygiene and the path check run before routing (an outer router whose only route is
         // the routed one), so an ambiguous path is refused before it can match anything.
-        Router::new().fallback_service(routed).layer(
-            ServiceBuilder::new()
-                .layer(middleware::from_fn_with_state(
-                    self.edge.clone(),
-                    edge::hygiene,
-                ))
-                .layer(middleware::from_fn_with_state(
-                    self.config.server.max_uri_bytes,
-                    edge::check_path,
-                )),
-        )
+        Router::new()
+            .fallback_service(routed)
+            .layer(middleware::from_fn_with_state(
+                self.edge.clone(),
+                edge::hygiene,
+            ))
     }
 
     /// Whether `/readyz` answers 200.

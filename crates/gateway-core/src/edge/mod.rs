@@ -176,14 +176,27 @@ fn acceptable_request_id(v: &HeaderValue) -> bool {
 }
 
 /// Edge settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Edge {
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<[proxies::Cidr]>,
+    /// Longest request target accepted (`server.max_uri_bytes`); longer is 414.
+    pub max_uri_bytes: usize,
 }
 
-/// Middleware: request id, trace context, client address and identity-header removal; echoes the
-/// request id and our `traceparent` on the response.
+impl Default for Edge {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Arc::from([]),
+            max_uri_bytes: 8 * 1024,
+        }
+    }
+}
+
+/// Middleware (before routing): request id, trace context, client address and identity-header
+/// removal; then the path check, 414 for an overlong target and 400 `PATH_INVALID` for an
+/// ambiguous path; echoes the request id and our `traceparent` on every answer, refusals included.
+/// One layer, not two: each layer costs a service clone and a boxed future per request.
 pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -217,7 +230,10 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
     ext.insert(trace);
     ext.insert(ClientIp(client));
 
-    let mut res = next.run(req).await;
+    let mut res = match refusal(&req, edge.max_uri_bytes) {
+        Some(refused) => refused,
+        None => next.run(req).await,
+    };
     let headers = res.headers_mut();
     headers.insert(REQUEST_ID.clone(), id);
     if let Ok(v) = HeaderValue::from_str(&trace.header()) {
@@ -226,16 +242,13 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
     res
 }
 
-/// Middleware (before routing): 414 for an overlong target, 400 `PATH_INVALID` for an ambiguous
-/// path.
-pub async fn check_path(State(max_uri_bytes): State<usize>, req: Request, next: Next) -> Response {
+/// The answer to a request whose target is overlong or ambiguous, if it is.
+fn refusal(req: &Request, max_uri_bytes: usize) -> Option<Response> {
     let uri = req.uri();
     let len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-    if let Err(err) = path::check(uri.path(), len, max_uri_bytes) {
-        tracing::info!(target: "access", method = %req.method(), status = err.status().as_u16(), problem = err.code(), "refused before routing");
-        return err.into_response();
-    }
-    next.run(req).await
+    let err = path::check(uri.path(), len, max_uri_bytes).err()?;
+    tracing::info!(target: "access", method = %req.method(), status = err.status().as_u16(), problem = err.code(), "refused before routing");
+    Some(err.into_response())
 }
 
 #[cfg(test)]
