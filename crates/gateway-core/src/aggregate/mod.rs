@@ -225,9 +225,19 @@ impl FanOut {
                     None => skipped.push(dependent),
                 }
             }
+            // A skipped part with a fallback feeds its dependents with it; without one, they
+            // are skipped too.
             while let Some(dependent) = skipped.pop() {
                 gathered.skip(&dependent)?;
-                skipped.extend(take_dependents(&mut waiting, dependent.name).map(|(p, _)| p));
+                for (next, follow) in take_dependents(&mut waiting, dependent.name) {
+                    match dependent.fallback.as_ref().map(follow) {
+                        Some(Some(call)) => running.push(launch(next, call)),
+                        Some(None) => {
+                            running.push(launch(next, Box::pin(async { Ok(Value::Null) })));
+                        }
+                        None => skipped.push(next),
+                    }
+                }
             }
             if let Some(value) = value {
                 gathered.values.push((name, value));
@@ -671,6 +681,31 @@ mod tests {
         assert_eq!(g.degraded(), ["recs"]);
         assert_eq!(g.meta()["parts"]["recs"]["fallback"], json!(true));
         assert!(g.meta()["parts"]["cards"].get("fallback").is_none());
+
+        // A skipped part's fallback feeds its own dependents.
+        let mut g = FanOut::new()
+            .part("recs", Need::Optional, Duration::from_secs(1), failing())
+            .part_after(
+                "cards",
+                Need::Optional,
+                Duration::from_secs(1),
+                "recs",
+                |_| Some(after(1, Ok(json!("never")))),
+            )
+            .or(json!({"items": [{"id": "house"}]}))
+            .part_after(
+                "more",
+                Need::Optional,
+                Duration::from_secs(1),
+                "cards",
+                |cards| ids(cards).map(|ids| after(1, Ok(json!(ids)))),
+            )
+            .run()
+            .await
+            .expect("partial");
+        assert_eq!(g.take("more"), Some(json!("house")));
+        assert_eq!(g.degraded(), ["cards", "recs"]);
+        assert_eq!(g.meta()["parts"]["cards"]["fallback"], json!(true));
 
         // Nothing to fetch is an empty answer, not a failure.
         let mut g = FanOut::new()

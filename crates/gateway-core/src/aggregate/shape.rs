@@ -72,8 +72,9 @@ impl Fields {
     }
 }
 
-/// Computes a field from the body shaped so far (the rules before it).
-type Compute = Box<dyn Fn(&Map<String, Value>) -> Value + Send + Sync>;
+/// Computes a field from the body shaped so far (the rules before it), given as an object: a key
+/// no rule wrote reads as `null` (`body["missing"]`), never a panic.
+type Compute = Box<dyn Fn(&Value) -> Value + Send + Sync>;
 
 enum Rule {
     Under {
@@ -164,7 +165,7 @@ impl Shape {
     /// `key` holds what `compute` makes of the body shaped by the rules before it.
     pub fn computed<F>(mut self, key: &str, compute: F) -> Self
     where
-        F: Fn(&Map<String, Value>) -> Value + Send + Sync + 'static,
+        F: Fn(&Value) -> Value + Send + Sync + 'static,
     {
         self.rules.push(Rule::Computed {
             key: key.to_owned(),
@@ -213,7 +214,11 @@ impl Shape {
                     }
                 }
                 Rule::Computed { key, compute } => {
-                    let value = compute(&body);
+                    let so_far = Value::Object(std::mem::take(&mut body));
+                    let value = compute(&so_far);
+                    if let Value::Object(map) = so_far {
+                        body = map;
+                    }
                     body.insert(key.clone(), value);
                 }
             }
@@ -275,7 +280,8 @@ mod tests {
             )
             .top("subscription", &[("plan.name", "plan")])
             .under("preferences", "preferences", Fields::all())
-            .computed("premium", |body| (body["plan"] == "premium").into());
+            .computed("premium", |body| (body["plan"] == "premium").into())
+            .computed("trial", |body| (body["no_such_key"] == "x").into());
         let body = shape.apply(&parts).expect("shaped");
         assert_eq!(
             Value::Object(body),
@@ -285,6 +291,7 @@ mod tests {
                 "plan": "premium",
                 "preferences": null,
                 "premium": true,
+                "trial": false,
             })
         );
     }

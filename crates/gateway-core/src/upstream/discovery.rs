@@ -146,7 +146,8 @@ pub(crate) fn spawn_dns(
             let Some(set) = set.upgrade() else {
                 return;
             };
-            // A resolver that hangs must not hold the loop: the round is abandoned after `every`.
+            // A resolver that hangs must not hold the loop: the round is abandoned after `every`
+            // (at least a second).
             let round = tokio::time::timeout(
                 every.max(Duration::from_secs(1)),
                 refresh(&set, &targets, &resolve, connect_timeout),

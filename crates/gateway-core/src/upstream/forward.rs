@@ -47,7 +47,11 @@ impl Upstream {
                     }
                     match tokio::time::timeout(timeout, self.http.execute(req)).await {
                         Ok(Ok(res)) => Ok(Response::from(res).map(Body::new)),
-                        Ok(Err(e)) if e.is_timeout() => Err(UpstreamError::Timeout),
+                        // A connection that could not be made in time is a connection failure
+                        // (502), as on the other path; an answer late in coming is a timeout.
+                        Ok(Err(e)) if e.is_timeout() && !e.is_connect() => {
+                            Err(UpstreamError::Timeout)
+                        }
                         Ok(Err(e)) => Err(failure(&e)),
                         Err(_) => Err(UpstreamError::Timeout),
                     }

@@ -558,7 +558,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds the registry; REST upstreams share one pooled client.
+    /// Builds the registry: every upstream shares one pooled REST client and one pooled
+    /// pass-through client.
     pub fn new(cfg: &BTreeMap<String, UpstreamConfig>) -> Result<Self, ConfigError> {
         // Installed before the series below are registered, so none is registered nowhere.
         crate::telemetry::metrics_handle();
@@ -1116,9 +1117,9 @@ mod tests {
     }
 }
 
-/// Counts the connections the REST client opens (`bff_upstream_http_connections_total`): with
-/// `bff_upstream_calls_total` of the REST upstreams it gives connection reuse,
-/// `1 - connections / calls`.
+/// Counts the connections the REST and pass-through clients open
+/// (`bff_upstream_http_connections_total`): with `bff_upstream_calls_total` of the HTTP upstreams
+/// it gives connection reuse, `1 - connections / calls`.
 #[derive(Clone)]
 pub(crate) struct CountConnections<S>(S);
 
