@@ -15,7 +15,7 @@
 //! Only backends whose API is fit for clients belong behind a proxy route: nothing is filtered
 //! out of the answer.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -58,25 +58,33 @@ const CLIENT_HEADERS_DROPPED: [&str; 7] = [
 /// Answer headers that would tell a client what runs behind the gateway.
 const ANSWER_HEADERS_DROPPED: [&str; 2] = ["server", "x-powered-by"];
 
-/// Everything [`strip_request_headers`] removes, as header names parsed once.
-static REQUEST_STRIPPED: LazyLock<Vec<HeaderName>> = LazyLock::new(|| {
-    HOP_BY_HOP
-        .iter()
-        .chain(&CLIENT_HEADERS_DROPPED)
-        .chain(&IDENTITY_HEADERS)
-        .chain(&[DEADLINE_HEADER])
-        .map(|n| HeaderName::from_static(n))
-        .collect()
-});
+/// Whether [`strip_request_headers`] removes `name` (lowercase, as `HeaderName` holds it).
+fn request_stripped(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || CLIENT_HEADERS_DROPPED.contains(&name)
+        || IDENTITY_HEADERS.contains(&name)
+        || name == DEADLINE_HEADER
+}
 
-/// Everything removed from a backend's answer, as header names parsed once.
-static ANSWER_STRIPPED: LazyLock<Vec<HeaderName>> = LazyLock::new(|| {
-    HOP_BY_HOP
-        .iter()
-        .chain(&ANSWER_HEADERS_DROPPED)
-        .map(|n| HeaderName::from_static(n))
-        .collect()
-});
+/// Whether a backend's answer header `name` is removed before the client sees it.
+fn answer_stripped(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name) || ANSWER_HEADERS_DROPPED.contains(&name)
+}
+
+/// Removes the headers `stripped` selects and those a `Connection` header names. One pass over
+/// the names present, then a removal for each one found: a request carries a handful of headers,
+/// and looking each of the ~25 stripped names up would hash every one of them.
+fn strip(headers: &mut HeaderMap, stripped: fn(&str) -> bool) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| stripped(n.as_str()))
+        .cloned()
+        .chain(connection_named(headers))
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
 
 /// One pass-through route, resolved against the upstreams.
 pub struct ProxyRoute {
@@ -203,12 +211,7 @@ impl ProxyRoute {
 /// Removes from a client's request what a backend may not see: hop-by-hop headers (and those
 /// `Connection` names), the client's credentials, and what only the gateway may say.
 pub(crate) fn strip_request_headers(headers: &mut HeaderMap) {
-    for name in connection_named(headers) {
-        headers.remove(name);
-    }
-    for name in REQUEST_STRIPPED.iter() {
-        headers.remove(name);
-    }
+    strip(headers, request_stripped);
 }
 
 /// The client's headers a backend may see.
@@ -237,12 +240,7 @@ fn answer(res: Response, idle: Duration) -> Response {
     // the client library noted about the exchange.
     parts.version = axum::http::Version::default();
     parts.extensions = axum::http::Extensions::new();
-    for name in connection_named(&parts.headers) {
-        parts.headers.remove(name);
-    }
-    for name in ANSWER_STRIPPED.iter() {
-        parts.headers.remove(name);
-    }
+    strip(&mut parts.headers, answer_stripped);
     let body = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
     Response::from_parts(parts, body)
 }

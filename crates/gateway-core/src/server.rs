@@ -208,6 +208,9 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     /// 4. authentication (API routes only): before limits, so limits apply per subject;
     /// 5. rate limit: after authentication, before any cache or upstream work;
     /// 6. the route: cache lookup, fan-out, shaping.
+    ///
+    /// 2 and 3 run as one layer, and so do 4 and 5: every layer costs
+    /// each request a boxed future and a clone of the service it wraps.
     pub fn router(&self, api: Router<Gateway<C>>) -> Router {
         self.router_with_public(api, Router::new())
     }
@@ -232,12 +235,11 @@ impl<C: Send + Sync + 'static> Gateway<C> {
         let api = api
             .with_state(self.clone())
             .layer(middleware::from_fn_with_state(
-                self.limiter.clone(),
-                ratelimit::limit,
-            ))
-            .layer(middleware::from_fn_with_state(
-                self.auth.clone(),
-                auth::authenticate,
+                Guard {
+                    auth: self.auth.clone(),
+                    limiter: self.limiter.clone(),
+                },
+                guard,
             ));
         let ops = Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -252,21 +254,22 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .layer(
                 ServiceBuilder::new()
                     .layer(middleware::from_fn_with_state(
-                        telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
-                        telemetry::access_log,
+                        Arc::new(Outer {
+                            log: telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
+                            bounds: Bounds {
+                                timeout: Duration::from_millis(
+                                    self.config.server.request_timeout_ms,
+                                ),
+                                body_limit: self.config.server.body_limit_bytes,
+                                body_idle: Duration::from_millis(
+                                    self.config.server.body_read_timeout_ms,
+                                ),
+                            },
+                        }),
+                        outer,
                     ))
                     // Bodies read by extractors are bounded even when no length was declared.
-                    .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes))
-                    .layer(middleware::from_fn_with_state(
-                        Bounds {
-                            timeout: Duration::from_millis(self.config.server.request_timeout_ms),
-                            body_limit: self.config.server.body_limit_bytes,
-                            body_idle: Duration::from_millis(
-                                self.config.server.body_read_timeout_ms,
-                            ),
-                        },
-                        bounds,
-                    )),
+                    .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes)),
             );
         // Edge hygiene and the path check run before routing (an outer router whose only route is
         // the routed one), so an ambiguous path is refused before it can match anything.
@@ -395,6 +398,35 @@ async fn metrics() -> Response {
         .into_response()
 }
 
+/// The state of [`guard`].
+#[derive(Clone)]
+struct Guard {
+    auth: Arc<Authenticator>,
+    limiter: Arc<RateLimiter>,
+}
+
+/// Authentication, then rate limits, as one layer (each is also a middleware of its own:
+/// [`auth::authenticate`], [`ratelimit::limit`]). A layer costs a boxed future and a clone of the
+/// service it wraps on every request; fused, the two cost one.
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    auth::authenticated(&g.auth, req, |req| {
+        ratelimit::limited(&g.limiter, req, |req| next.run(req))
+    })
+    .await
+}
+
+/// The state of [`outer`].
+struct Outer {
+    log: telemetry::AccessLog,
+    bounds: Bounds,
+}
+
+/// The access log and metrics around the request bounds, as one layer: the log sees every
+/// answer, a refusal by the bounds included.
+async fn outer(State(o): State<Arc<Outer>>, req: Request, next: Next) -> Response {
+    telemetry::logged(&o.log, req, |req| bounds(o.bounds, req, next)).await
+}
+
 #[derive(Clone, Copy)]
 struct Bounds {
     timeout: Duration,
@@ -429,7 +461,7 @@ pub struct BodyTimedOut;
 
 /// Refuses a declared body over the limit before reading it, and bounds the time to produce the
 /// response head (a streamed body, such as server-sent events, is not cut by this bound).
-async fn bounds(State(b): State<Bounds>, mut req: Request, next: Next) -> Response {
+async fn bounds(b: Bounds, mut req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -152,13 +152,23 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
 /// Middleware: authenticate, or answer 401/503 without calling anything further.
 pub async fn authenticate(
     State(auth): State<Arc<Authenticator>>,
-    mut req: Request,
+    req: Request,
     next: Next,
 ) -> Response {
+    authenticated(&auth, req, |req| next.run(req)).await
+}
+
+/// What [`authenticate`] does, around `next` (the rest of the pipeline), so that the gateway can
+/// run authentication and rate limits as one layer.
+pub async fn authenticated<F, Fut>(auth: &Authenticator, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     match auth.authenticate(req.headers()).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal.clone());
-            let mut res = next.run(req).await;
+            let mut res = next(req).await;
             // The access log, outside this layer, names the subject.
             res.extensions_mut().insert(principal);
             res

@@ -221,7 +221,13 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
         .filter_map(|v| v.to_str().ok());
     let client = proxies::client_ip(peer, forwarded, &edge.trusted_proxies);
     let headers = req.headers_mut();
-    for name in IDENTITY_HEADERS {
+    // One pass over the names present; a removal only for an identity header actually sent.
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| IDENTITY_HEADERS.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for name in forged {
         headers.remove(name);
     }
     headers.insert(REQUEST_ID.clone(), id.clone());

@@ -355,6 +355,16 @@ fn record(bff: &'static str, allowed: bool, mode: &'static str) {
 
 /// Middleware: decide, then answer 429/503 or pass on, writing the limit headers either way.
 pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: Next) -> Response {
+    limited(&limiter, req, |req| next.run(req)).await
+}
+
+/// What [`limit`] does, around `next` (the rest of the pipeline), so that the gateway can run
+/// authentication and rate limits as one layer.
+pub async fn limited<F, Fut>(limiter: &RateLimiter, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let principal = req.extensions().get::<Principal>();
     let route = req
         .extensions()
@@ -381,7 +391,7 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: 
     };
     match limiter.decide(&subject, policy).await {
         Ok(d) if d.allowed => {
-            let mut res = next.run(req).await;
+            let mut res = next(req).await;
             write_headers(res.headers_mut(), &policy.policy, &d);
             res
         }

@@ -270,7 +270,17 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// Middleware: one access line and the request metrics per request.
-pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Next) -> Response {
+pub async fn access_log(State(log): State<AccessLog>, req: Request, next: Next) -> Response {
+    logged(&log, req, |req| next.run(req)).await
+}
+
+/// What [`access_log`] does, around `next` (the rest of the pipeline), so that the gateway can
+/// run it and the request bounds as one layer.
+pub async fn logged<F, Fut>(log: &AccessLog, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let bff = log.bff;
     let start = Instant::now();
     let variants = log.variants.then(|| {
@@ -291,11 +301,11 @@ pub async fn access_log(State(log): State<AccessLog>, mut req: Request, next: Ne
     let res = if tracing_exported() {
         use tracing::Instrument;
         let span = request_span(&mut req, route, bff);
-        let res = next.run(req).instrument(span.clone()).await;
+        let res = next(req).instrument(span.clone()).await;
         span.record("http.response.status_code", res.status().as_u16());
         res
     } else {
-        next.run(req).await
+        next(req).await
     };
     let elapsed = start.elapsed();
     let status = res.status().as_u16();
