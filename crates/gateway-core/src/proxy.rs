@@ -55,6 +55,8 @@ const CLIENT_HEADERS_DROPPED: [&str; 7] = [
     "forwarded",
 ];
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Answer headers that would tell a client what runs behind the gateway.
 const ANSWER_HEADERS_DROPPED: [&str; 2] = ["server", "x-powered-by"];
 
@@ -173,10 +175,12 @@ impl ProxyRoute {
             // A static name costs no allocation; a `&str` key would be copied.
             headers.insert(HeaderName::from_static(name), value);
         }
-        if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>()
-            && let Ok(v) = HeaderValue::from_str(&ip.to_string())
-        {
-            headers.insert("x-forwarded-for", v);
+        if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>() {
+            let mut text = String::with_capacity(39);
+            crate::edge::push_ip(&mut text, *ip);
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
         }
         // A body larger than the limit ends the stream with an error, and the call with it.
         let body = Body::new(http_body_util::Limited::new(body, self.body_limit));

@@ -200,17 +200,20 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     /// Wraps a BFF's API routes in the pipeline and adds the operational endpoints.
     ///
     /// Order, outermost first, with the reason for each position:
+    /// Routing (matching the path to a route) comes first and does nothing else. Then, outermost
+    /// first, with the reason for each position:
     /// 1. edge hygiene: request id and trace context exist before anything logs; identity headers a
-    ///    client forged are gone before anything reads them; then the path check, before routing,
-    ///    so the path that is routed and authorised is the path a backend would see;
-    /// 2. access log and metrics: see every answer, rejections included;
+    ///    client forged are gone before anything reads them; then the path check, before any
+    ///    handler, authentication or backend work, so the path that is authorised is the path a
+    ///    backend would see (it runs around the not-found and method-not-allowed answers too);
+    /// 2. access log and metrics: see every answer after the path check, rejections included;
     /// 3. deadline and body limit: bound the work any request can cause;
     /// 4. authentication (API routes only): before limits, so limits apply per subject;
     /// 5. rate limit: after authentication, before any cache or upstream work;
     /// 6. the route: cache lookup, fan-out, shaping.
     ///
-    /// 2 and 3 run as one layer, and so do 4 and 5: every layer costs
-    /// each request a boxed future and a clone of the service it wraps.
+    /// 1 to 3 run as one layer, and 4 and 5 as another: every layer costs each request a boxed
+    /// future and a clone of the service it wraps.
     pub fn router(&self, api: Router<Gateway<C>>) -> Router {
         self.router_with_public(api, Router::new())
     }
@@ -247,14 +250,14 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .route("/metrics", get(metrics))
             .merge(public)
             .with_state(self.clone());
-        let routed = ops
-            .merge(api)
+        ops.merge(api)
             .fallback(|| async { GatewayError::NotFound("such route".into()) })
             .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
             .layer(
                 ServiceBuilder::new()
                     .layer(middleware::from_fn_with_state(
                         Arc::new(Outer {
+                            edge: self.edge.clone(),
                             log: telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
                             bounds: Bounds {
                                 timeout: Duration::from_millis(
@@ -270,15 +273,7 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                     ))
                     // Bodies read by extractors are bounded even when no length was declared.
                     .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes)),
-            );
-        // Edge hygiene and the path check run before routing (an outer router whose only route is
-        // the routed one), so an ambiguous path is refused before it can match anything.
-        Router::new()
-            .fallback_service(routed)
-            .layer(middleware::from_fn_with_state(
-                self.edge.clone(),
-                edge::hygiene,
-            ))
+            )
     }
 
     /// Whether `/readyz` answers 200.
@@ -417,14 +412,19 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
 
 /// The state of [`outer`].
 struct Outer {
+    edge: edge::Edge,
     log: telemetry::AccessLog,
     bounds: Bounds,
 }
 
-/// The access log and metrics around the request bounds, as one layer: the log sees every
-/// answer, a refusal by the bounds included.
+/// Edge hygiene, then the access log and metrics around the request bounds, as one layer (each
+/// is also a middleware of its own: [`edge::hygiene`], [`telemetry::access_log`]). The log sees
+/// every answer past the path check, a refusal by the bounds included.
 async fn outer(State(o): State<Arc<Outer>>, req: Request, next: Next) -> Response {
-    telemetry::logged(&o.log, req, |req| bounds(o.bounds, req, next)).await
+    edge::screened(&o.edge, req, |req| {
+        telemetry::logged(&o.log, req, |req| bounds(o.bounds, req, next))
+    })
+    .await
 }
 
 #[derive(Clone, Copy)]

@@ -126,6 +126,25 @@ impl TraceContext {
     }
 }
 
+/// Appends `ip` as text. An IPv4 address, the common case, is written digit by digit: `Display`
+/// for addresses goes through padding support and costs a formatting pass per request.
+pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// `00-{trace id}-{span id}-{flags}`, written in one allocation.
 fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> String {
     let mut out = String::with_capacity(55);
@@ -193,11 +212,21 @@ impl Default for Edge {
     }
 }
 
-/// Middleware (before routing): request id, trace context, client address and identity-header
-/// removal; then the path check, 414 for an overlong target and 400 `PATH_INVALID` for an
-/// ambiguous path; echoes the request id and our `traceparent` on every answer, refusals included.
-/// One layer, not two: each layer costs a service clone and a boxed future per request.
-pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> Response {
+/// Middleware, before anything else looks at a request: request id, trace context, client
+/// address and identity-header removal; then the path check, 414 for an overlong target and 400
+/// `PATH_INVALID` for an ambiguous path; echoes the request id and our `traceparent` on every
+/// answer, refusals included.
+pub async fn hygiene(State(edge): State<Edge>, req: Request, next: Next) -> Response {
+    screened(&edge, req, |req| next.run(req)).await
+}
+
+/// What [`hygiene`] does, around `next` (the rest of the pipeline), so that the gateway can run
+/// it with the access log and the request bounds as one layer.
+pub async fn screened<F, Fut>(edge: &Edge, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let id = req
         .headers()
         .get(&REQUEST_ID)
@@ -238,7 +267,7 @@ pub async fn hygiene(State(edge): State<Edge>, mut req: Request, next: Next) -> 
 
     let mut res = match refusal(&req, edge.max_uri_bytes) {
         Some(refused) => refused,
-        None => next.run(req).await,
+        None => next(req).await,
     };
     let headers = res.headers_mut();
     headers.insert(REQUEST_ID.clone(), id);
@@ -253,7 +282,7 @@ fn refusal(req: &Request, max_uri_bytes: usize) -> Option<Response> {
     let uri = req.uri();
     let len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     let err = path::check(uri.path(), len, max_uri_bytes).err()?;
-    tracing::info!(target: "access", method = %req.method(), status = err.status().as_u16(), problem = err.code(), "refused before routing");
+    tracing::info!(target: "access", method = %req.method(), status = err.status().as_u16(), problem = err.code(), "refused: overlong or ambiguous target");
     Some(err.into_response())
 }
 
@@ -303,6 +332,22 @@ mod tests {
         let child = t.child_header();
         assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(!child.contains("00f067aa0ba902b7"));
+    }
+
+    #[test]
+    fn writes_addresses_as_display_does() {
+        for ip in [
+            "0.0.0.0",
+            "10.2.33.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: IpAddr = ip.parse().expect("address");
+            let mut out = String::from("ip:");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("ip:{ip}"));
+        }
     }
 
     #[test]

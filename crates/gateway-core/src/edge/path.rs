@@ -1,4 +1,4 @@
-//! Path hygiene before routing: the path that is routed and authorised must be the path a backend
+//! Path hygiene before any handler: the path that is authorised must be the path a backend
 //! would see, so anything a backend or proxy might resolve differently is refused rather than
 //! guessed at: dot segments, encoded slashes and backslashes, encoded dots, empty segments.
 

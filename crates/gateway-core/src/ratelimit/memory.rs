@@ -1,8 +1,9 @@
 //! The in-memory store: sharded to keep lock contention low, bounded so a flood of distinct keys
 //! cannot exhaust memory.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,8 +47,11 @@ impl Entry {
 }
 
 /// Per-key limiter state in process memory.
+///
+/// Each key is hashed once per decision (SipHash, keyed per process, so clients cannot choose
+/// colliding subjects): the same hash picks the shard and finds the key in it.
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    shards: Box<[Mutex<HashTable<(Box<str>, Entry)>>]>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -56,7 +60,7 @@ impl MemoryStore {
     /// A store that tracks at most about `max_keys` keys.
     pub fn new(max_keys: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
         }
@@ -64,62 +68,41 @@ impl MemoryStore {
 
     /// Decides one request for `key` at `now` (microseconds on any monotonic clock).
     pub fn decide(&self, key: &str, policy: &Policy, now: u64) -> Decision {
-        let shard = &self.shards[self.hasher.hash_one(key) as usize % SHARDS];
+        let hash = self.hasher.hash_one(key);
+        // Bits the table does not use for the bucket (low bits) nor the tag (top 7).
+        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
         let mut map = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let current = map.get(key).copied();
-        let (next, decision) = match policy.algorithm {
-            Algorithm::Gcra => {
-                let tat = match current.and_then(|e| e.rate) {
-                    Some(Slot::Gcra(tat)) => Some(tat),
-                    _ => None,
-                };
-                let (next, d) = gcra::decide(tat, now, policy);
-                (next.map(Slot::Gcra), d)
-            }
-            Algorithm::SlidingWindow => {
-                let state = match current.and_then(|e| e.rate) {
-                    Some(Slot::Window(w, _)) => Some(w),
-                    _ => None,
-                };
-                let (next, d) = window::decide(state, now / 1000, policy);
-                (next.map(|w| Slot::Window(w, policy.period_ms())), d)
-            }
-        };
         // Quota windows follow the wall clock, so a daily quota ends at midnight UTC.
         let wall_ms = wall_ms();
-        let check = policy.quota.map(|q| {
-            (
-                quota::check(current.and_then(|e| e.quota).map(|(s, _)| s), wall_ms, &q),
-                q.window_ms,
-            )
-        });
-        let decision = decision.with_quota(check.map(|(c, _)| c));
-        if decision.allowed
-            && let Some(slot) = next
-        {
-            let entry = Entry {
-                rate: Some(slot),
-                quota: check.map(|(c, w)| (c.next, w)),
-            };
-            match map.get_mut(key) {
-                Some(existing) => *existing = entry,
-                None => {
-                    if map.len() >= self.per_shard {
-                        // Spent entries are full buckets: dropping them loses nothing.
-                        map.retain(|_, e| !e.spent(now, wall_ms));
-                    }
-                    if map.len() >= self.per_shard {
-                        // Still full of live keys: evict one arbitrary key. That key briefly gets a
-                        // fresh allowance, the price of a hard memory bound under a key flood.
-                        if let Some(victim) = map.keys().next().cloned() {
-                            map.remove(&victim);
-                        }
-                    }
-                    map.insert(key.to_owned(), entry);
+        if let Some((_, entry)) = map.find_mut(hash, |(k, _)| &**k == key) {
+            let (next, decision) = step(Some(*entry), policy, now, wall_ms);
+            if let Some(next) = next {
+                *entry = next;
+            }
+            return decision;
+        }
+        let (next, decision) = step(None, policy, now, wall_ms);
+        if let Some(next) = next {
+            if map.len() >= self.per_shard {
+                // Spent entries are full buckets: dropping them loses nothing.
+                map.retain(|(_, e)| !e.spent(now, wall_ms));
+            }
+            if map.len() >= self.per_shard {
+                // Still full of live keys: evict one arbitrary key. That key briefly gets a
+                // fresh allowance, the price of a hard memory bound under a key flood.
+                let victim = map.iter().next().map(|(k, _)| k.clone());
+                if let Some(victim) = victim
+                    && let Ok(found) =
+                        map.find_entry(self.hasher.hash_one(&*victim), |(k, _)| *k == victim)
+                {
+                    found.remove();
                 }
             }
+            map.insert_unique(hash, (key.into(), next), |(k, _)| {
+                self.hasher.hash_one(&**k)
+            });
         }
         decision
     }
@@ -140,6 +123,46 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The decision for a key whose entry is `current`, and the entry to keep when the request is
+/// admitted (`None`: nothing to write).
+fn step(
+    current: Option<Entry>,
+    policy: &Policy,
+    now: u64,
+    wall_ms: u64,
+) -> (Option<Entry>, Decision) {
+    let (next, decision) = match policy.algorithm {
+        Algorithm::Gcra => {
+            let tat = match current.and_then(|e| e.rate) {
+                Some(Slot::Gcra(tat)) => Some(tat),
+                _ => None,
+            };
+            let (next, d) = gcra::decide(tat, now, policy);
+            (next.map(Slot::Gcra), d)
+        }
+        Algorithm::SlidingWindow => {
+            let state = match current.and_then(|e| e.rate) {
+                Some(Slot::Window(w, _)) => Some(w),
+                _ => None,
+            };
+            let (next, d) = window::decide(state, now / 1000, policy);
+            (next.map(|w| Slot::Window(w, policy.period_ms())), d)
+        }
+    };
+    let check = policy.quota.map(|q| {
+        (
+            quota::check(current.and_then(|e| e.quota).map(|(s, _)| s), wall_ms, &q),
+            q.window_ms,
+        )
+    });
+    let decision = decision.with_quota(check.map(|(c, _)| c));
+    let next = next.filter(|_| decision.allowed).map(|slot| Entry {
+        rate: Some(slot),
+        quota: check.map(|(c, w)| (c.next, w)),
+    });
+    (next, decision)
 }
 
 fn wall_ms() -> u64 {

@@ -14,8 +14,8 @@ pub mod redis;
 pub mod window;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -215,6 +215,7 @@ pub struct RateLimiter {
     instances: u32,
     degraded: AtomicBool,
     epoch: Instant,
+    decisions: Decisions,
 }
 
 impl RateLimiter {
@@ -276,6 +277,7 @@ impl RateLimiter {
             instances: cfg.instances,
             degraded: AtomicBool::new(false),
             epoch: Instant::now(),
+            decisions: Decisions::default(),
         }
     }
 
@@ -302,7 +304,7 @@ impl RateLimiter {
         } = resolved;
         let Some(shared) = &self.shared else {
             let d = self.local.decide(key, policy, self.now_us());
-            record(self.bff, d.allowed, "memory");
+            self.decisions.record(self.bff, d.allowed, Mode::Memory);
             return Ok(d);
         };
         match shared.decide(key, policy).await {
@@ -313,7 +315,7 @@ impl RateLimiter {
                         "rate-limit store recovered; shared limits back in force"
                     );
                 }
-                record(self.bff, d.allowed, "shared");
+                self.decisions.record(self.bff, d.allowed, Mode::Shared);
                 Ok(d)
             }
             Err(err) => {
@@ -324,11 +326,12 @@ impl RateLimiter {
                 match self.failure_mode {
                     FailureMode::FailOpenLocal => {
                         let d = self.local.decide(key, local_share, self.now_us());
-                        record(self.bff, d.allowed, "fail_open_local");
+                        self.decisions
+                            .record(self.bff, d.allowed, Mode::FailOpenLocal);
                         Ok(d)
                     }
                     FailureMode::FailOpen => {
-                        record(self.bff, true, "fail_open");
+                        self.decisions.record(self.bff, true, Mode::FailOpen);
                         Ok(Decision {
                             allowed: true,
                             remaining: policy.burst,
@@ -338,7 +341,7 @@ impl RateLimiter {
                         })
                     }
                     FailureMode::FailClosed => {
-                        record(self.bff, false, "fail_closed");
+                        self.decisions.record(self.bff, false, Mode::FailClosed);
                         Err(GatewayError::LimiterUnavailable)
                     }
                 }
@@ -347,10 +350,41 @@ impl RateLimiter {
     }
 }
 
-fn record(bff: &'static str, allowed: bool, mode: &'static str) {
-    let decision = if allowed { "allowed" } else { "limited" };
-    metrics::counter!("bff_ratelimit_decisions_total", "bff" => bff, "decision" => decision, "mode" => mode)
-        .increment(1);
+/// How a decision was made: the `mode` label of `bff_ratelimit_decisions_total`.
+#[derive(Clone, Copy)]
+enum Mode {
+    Memory,
+    Shared,
+    FailOpenLocal,
+    FailOpen,
+    FailClosed,
+}
+
+impl Mode {
+    const LABELS: [&str; 5] = [
+        "memory",
+        "shared",
+        "fail_open_local",
+        "fail_open",
+        "fail_closed",
+    ];
+}
+
+/// The decision counters, each registered on its first use (a series that never happened is
+/// not shown) and then incremented without a registry lookup.
+#[derive(Default)]
+struct Decisions([[OnceLock<metrics::Counter>; 2]; Mode::LABELS.len()]);
+
+impl Decisions {
+    fn record(&self, bff: &'static str, allowed: bool, mode: Mode) {
+        let mode = mode as usize;
+        self.0[mode][usize::from(allowed)]
+            .get_or_init(|| {
+                let decision = if allowed { "allowed" } else { "limited" };
+                metrics::counter!("bff_ratelimit_decisions_total", "bff" => bff, "decision" => decision, "mode" => Mode::LABELS[mode])
+            })
+            .increment(1);
+    }
 }
 
 /// Middleware: decide, then answer 429/503 or pass on, writing the limit headers either way.
@@ -373,22 +407,23 @@ where
     let policy = limiter
         .resolve(route, principal.and_then(|p| p.tier.as_deref()))
         .in_force();
-    // Limits apply per subject; anonymous routes (none today) would fall back to the client address.
     // Per subject by default; per client address when the policy says so, or when nobody
-    // authenticated (no such route today).
-    let subject = match (policy.key, principal) {
-        (LimitKey::Subject, Some(p)) => {
-            format!("{}:{}:{}", limiter.bff, policy.policy.name, p.subject)
-        }
+    // authenticated (no such route today). Written without the formatting machinery: this runs
+    // on every request.
+    let mut subject = String::with_capacity(64);
+    subject.push_str(limiter.bff);
+    subject.push(':');
+    subject.push_str(&policy.policy.name);
+    subject.push(':');
+    match (policy.key, principal) {
+        (LimitKey::Subject, Some(p)) => subject.push_str(&p.subject),
         _ => {
-            let ip = req
-                .extensions()
-                .get::<ClientIp>()
-                .map(|ip| ip.0.to_string())
-                .unwrap_or_default();
-            format!("{}:{}:ip:{ip}", limiter.bff, policy.policy.name)
+            subject.push_str("ip:");
+            if let Some(ip) = req.extensions().get::<ClientIp>() {
+                crate::edge::push_ip(&mut subject, ip.0);
+            }
         }
-    };
+    }
     match limiter.decide(&subject, policy).await {
         Ok(d) if d.allowed => {
             let mut res = next(req).await;
@@ -421,18 +456,28 @@ pub fn write_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decisi
     headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining));
     headers.insert(X_RESET.clone(), HeaderValue::from(reset));
     headers.insert(POLICY.clone(), policy.policy_header.clone());
-    let mut ratelimit = format!("\"{}\";r={};t={reset}", policy.name, decision.remaining);
+    // `"name";r=remaining;t=reset`, and the quota's after it.
+    let mut ratelimit = String::with_capacity(2 * policy.name.len() + 48);
+    let item = |out: &mut String, suffix: &str, left: u64, reset: u64| {
+        out.push('"');
+        out.push_str(&policy.name);
+        out.push_str(suffix);
+        out.push_str("\";r=");
+        out.push_str(itoa::Buffer::new().format(left));
+        out.push_str(";t=");
+        out.push_str(itoa::Buffer::new().format(reset));
+    };
+    item(&mut ratelimit, "", decision.remaining, reset);
     if let (Some(quota), Some(left)) = (policy.quota, decision.quota_remaining) {
         let quota_reset = decision.quota_reset_us.div_ceil(1_000_000);
         headers.insert(X_QUOTA_LIMIT.clone(), HeaderValue::from(quota.limit));
         headers.insert(X_QUOTA_REMAINING.clone(), HeaderValue::from(left));
         headers.insert(X_QUOTA_RESET.clone(), HeaderValue::from(quota_reset));
-        ratelimit.push_str(&format!(
-            ", \"{}-quota\";r={left};t={quota_reset}",
-            policy.name
-        ));
+        ratelimit.push_str(", ");
+        item(&mut ratelimit, "-quota", left, quota_reset);
     }
-    if let Ok(v) = HeaderValue::from_str(&ratelimit) {
+    // The string moves into the value; nothing is copied.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit)) {
         headers.insert(RATELIMIT.clone(), v);
     }
 }
@@ -600,5 +645,30 @@ mod tests {
         assert_eq!(h["x-ratelimit-reset"], "2");
         assert_eq!(h["ratelimit-policy"], "\"default\";q=100;w=60");
         assert_eq!(h["ratelimit"], "\"default\";r=42;t=2");
+    }
+
+    #[test]
+    fn a_quota_adds_its_item_to_the_ratelimit_header() {
+        let p = Policy::new("partner", Algorithm::Gcra, 10, Duration::from_secs(1), 20)
+            .with_quota(10_000, Duration::from_secs(86_400));
+        let mut h = HeaderMap::new();
+        write_headers(
+            &mut h,
+            &p,
+            &Decision {
+                allowed: true,
+                remaining: 19,
+                reset_us: 100_000,
+                quota_remaining: Some(9_999),
+                quota_reset_us: 3_600_000_001,
+                ..Decision::default()
+            },
+        );
+        assert_eq!(
+            h["ratelimit"],
+            "\"partner\";r=19;t=1, \"partner-quota\";r=9999;t=3601"
+        );
+        assert_eq!(h["x-ratelimit-quota-remaining"], "9999");
+        assert_eq!(h["x-ratelimit-quota-reset"], "3601");
     }
 }
