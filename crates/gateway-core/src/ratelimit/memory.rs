@@ -46,12 +46,15 @@ impl Entry {
     }
 }
 
+/// One shard: keys and their entries, found by a hash computed once per decision.
+type Shard = HashTable<(Box<str>, Entry)>;
+
 /// Per-key limiter state in process memory.
 ///
 /// Each key is hashed once per decision (SipHash, keyed per process, so clients cannot choose
 /// colliding subjects): the same hash picks the shard and finds the key in it.
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashTable<(Box<str>, Entry)>>]>,
+    shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
     hasher: RandomState,
 }
