@@ -25,10 +25,10 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::ProxyConfig;
-use crate::edge::{ClientIp, IDENTITY_HEADERS};
+use crate::edge::ClientIp;
 use crate::error::GatewayError;
 use crate::upstream::forward::BODY_TOO_LARGE;
-use crate::upstream::{CallContext, DEADLINE_HEADER, Upstream, UpstreamError, Upstreams};
+use crate::upstream::{CallContext, Upstream, UpstreamError, Upstreams};
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
 pub(crate) const HOP_BY_HOP: [&str; 9] = [
@@ -43,34 +43,59 @@ pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Request headers the gateway owns: the client's credentials (the backend learns who is calling
-/// from the identity headers instead) and what only the gateway may say about the request.
-const CLIENT_HEADERS_DROPPED: [&str; 7] = [
-    "host",
-    "authorization",
-    "x-api-key",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "forwarded",
-];
-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Answer headers that would tell a client what runs behind the gateway.
-const ANSWER_HEADERS_DROPPED: [&str; 2] = ["server", "x-powered-by"];
-
-/// Whether [`strip_request_headers`] removes `name` (lowercase, as `HeaderName` holds it).
+/// Whether [`strip_request_headers`] removes `name` (lowercase, as `HeaderName` holds it): the
+/// [`HOP_BY_HOP`] headers; the client's credentials (the backend learns who is calling from the
+/// identity headers instead) and what only the gateway may say about the request (forwarding,
+/// [`IDENTITY_HEADERS`](crate::edge::IDENTITY_HEADERS), the deadline). A `match`, which compares
+/// by length first, rather than 22 comparisons per header; a test keeps it in step with the
+/// lists.
 fn request_stripped(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || CLIENT_HEADERS_DROPPED.contains(&name)
-        || IDENTITY_HEADERS.contains(&name)
-        || name == DEADLINE_HEADER
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "authorization"
+            | "x-api-key"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "forwarded"
+            | "x-user-id"
+            | "x-user-scopes"
+            | "x-user-tier"
+            | "x-partner-id"
+            | "x-api-version"
+            | "x-request-deadline-ms"
+    )
 }
 
-/// Whether a backend's answer header `name` is removed before the client sees it.
+/// Whether a backend's answer header `name` is removed before the client sees it: the
+/// [`HOP_BY_HOP`] headers, and those that would tell a client what runs behind the gateway.
 fn answer_stripped(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name) || ANSWER_HEADERS_DROPPED.contains(&name)
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "server"
+            | "x-powered-by"
+    )
 }
 
 /// Removes the headers `stripped` selects and those a `Connection` header names. One pass over
@@ -252,6 +277,49 @@ fn answer(res: Response, idle: Duration) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stripped_sets_are_the_lists() {
+        let credentials_and_forwarding = [
+            "host",
+            "authorization",
+            "x-api-key",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+        ];
+        let request: Vec<&str> = HOP_BY_HOP
+            .iter()
+            .chain(&credentials_and_forwarding)
+            .chain(&crate::edge::IDENTITY_HEADERS)
+            .chain(&[crate::upstream::DEADLINE_HEADER])
+            .copied()
+            .collect();
+        let answer: Vec<&str> = HOP_BY_HOP
+            .iter()
+            .chain(&["server", "x-powered-by"])
+            .copied()
+            .collect();
+        // Every listed name is stripped, and nothing else of a broad sample is.
+        for name in &request {
+            assert!(request_stripped(name), "{name}");
+        }
+        for name in &answer {
+            assert!(answer_stripped(name), "{name}");
+        }
+        let sample = request.iter().chain(&answer).copied().chain([
+            "accept",
+            "content-type",
+            "content-length",
+            "x-request-id",
+            "cookie",
+        ]);
+        for name in sample {
+            assert_eq!(request_stripped(name), request.contains(&name), "{name}");
+            assert_eq!(answer_stripped(name), answer.contains(&name), "{name}");
+        }
+    }
     use axum::http::StatusCode;
 
     fn route(prefix: &str, rewrite: Option<&str>) -> ProxyRoute {

@@ -112,6 +112,25 @@ impl TraceContext {
     /// A `traceparent` for an outgoing call: same trace; as parent, the request's exported span,
     /// or else a fresh span id for the call.
     pub fn child_header(&self) -> String {
+        text(&self.child())
+    }
+
+    /// [`TraceContext::child_header`] as a header value, written without a `String` in between.
+    pub fn child_header_value(&self) -> HeaderValue {
+        value(&self.child())
+    }
+
+    /// Our own `traceparent`, returned to the client.
+    pub fn header(&self) -> String {
+        text(&self.own())
+    }
+
+    /// [`TraceContext::header`] as a header value.
+    pub fn header_value(&self) -> HeaderValue {
+        value(&self.own())
+    }
+
+    fn child(&self) -> [u8; TRACEPARENT_LEN] {
         let parent = if self.exported {
             self.span_id
         } else {
@@ -120,10 +139,21 @@ impl TraceContext {
         traceparent(&self.trace_id, &parent, self.flags)
     }
 
-    /// Our own `traceparent`, returned to the client.
-    pub fn header(&self) -> String {
+    fn own(&self) -> [u8; TRACEPARENT_LEN] {
         traceparent(&self.trace_id, &self.span_id, self.flags)
     }
+}
+
+/// The length of a version-00 `traceparent`.
+const TRACEPARENT_LEN: usize = 55;
+
+fn text(bytes: &[u8]) -> String {
+    bytes.iter().copied().map(char::from).collect()
+}
+
+fn value(bytes: &[u8]) -> HeaderValue {
+    // Lower-case hex and dashes are always a valid header value.
+    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Appends `ip` as text. An IPv4 address, the common case, is written digit by digit: `Display`
@@ -145,16 +175,23 @@ pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// `00-{trace id}-{span id}-{flags}`, written in one allocation.
-fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> String {
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
-    hex_into(&mut out, trace_id);
-    out.push('-');
-    hex_into(&mut out, span_id);
-    out.push('-');
-    hex_into(&mut out, &[flags]);
+/// `00-{trace id}-{span id}-{flags}`, on the stack.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> [u8; TRACEPARENT_LEN] {
+    let mut out = [b'-'; TRACEPARENT_LEN];
+    out[..2].copy_from_slice(b"00");
+    hex_to(&mut out[3..35], trace_id);
+    hex_to(&mut out[36..52], span_id);
+    hex_to(&mut out[53..], &[flags]);
     out
+}
+
+/// Writes `bytes` as lower-case hex into `out`, which holds exactly twice as many bytes.
+fn hex_to(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
 }
 
 fn random_span() -> [u8; 8] {
@@ -271,9 +308,7 @@ where
     };
     let headers = res.headers_mut();
     headers.insert(REQUEST_ID.clone(), id);
-    if let Ok(v) = HeaderValue::from_str(&trace.header()) {
-        headers.insert(TRACEPARENT.clone(), v);
-    }
+    headers.insert(TRACEPARENT.clone(), trace.header_value());
     res
 }
 

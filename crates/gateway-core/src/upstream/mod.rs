@@ -712,7 +712,7 @@ impl CallContext {
             out.push(("x-request-id", id.0.clone()));
         }
         if let Some(trace) = &self.trace {
-            push(&mut out, "traceparent", &trace.child_header());
+            out.push(("traceparent", trace.child_header_value()));
         }
         out.push((
             DEADLINE_HEADER,
