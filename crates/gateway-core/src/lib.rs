@@ -42,6 +42,7 @@ pub mod listener;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+mod stage;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use tokio::net::TcpListener;
@@ -29,6 +28,7 @@ use crate::idempotency::Idempotency;
 use crate::listener::Connections;
 use crate::proxy::ProxyRoute;
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
+use crate::stage::{Stage, StageLayer};
 use crate::store::Redis;
 use crate::upstream::{CallContext, Deadline, Upstreams};
 use crate::{edge, telemetry};
@@ -235,15 +235,10 @@ impl<C: Send + Sync + 'static> Gateway<C> {
                 .route(&route.prefix, any(handler.clone()))
                 .route(&format!("{}/{{*rest}}", route.prefix), any(handler));
         }
-        let api = api
-            .with_state(self.clone())
-            .layer(middleware::from_fn_with_state(
-                Guard {
-                    auth: self.auth.clone(),
-                    limiter: self.limiter.clone(),
-                },
-                guard,
-            ));
+        let api = api.with_state(self.clone()).layer(StageLayer::new(Guard {
+            auth: self.auth.clone(),
+            limiter: self.limiter.clone(),
+        }));
         let ops = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz::<C>))
@@ -255,22 +250,17 @@ impl<C: Send + Sync + 'static> Gateway<C> {
             .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
             .layer(
                 ServiceBuilder::new()
-                    .layer(middleware::from_fn_with_state(
-                        Arc::new(Outer {
-                            edge: self.edge.clone(),
-                            log: telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
-                            bounds: Bounds {
-                                timeout: Duration::from_millis(
-                                    self.config.server.request_timeout_ms,
-                                ),
-                                body_limit: self.config.server.body_limit_bytes,
-                                body_idle: Duration::from_millis(
-                                    self.config.server.body_read_timeout_ms,
-                                ),
-                            },
-                        }),
-                        outer,
-                    ))
+                    .layer(StageLayer::new(Outer {
+                        edge: self.edge.clone(),
+                        log: telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
+                        bounds: Bounds {
+                            timeout: Duration::from_millis(self.config.server.request_timeout_ms),
+                            body_limit: self.config.server.body_limit_bytes,
+                            body_idle: Duration::from_millis(
+                                self.config.server.body_read_timeout_ms,
+                            ),
+                        },
+                    }))
                     // Bodies read by extractors are bounded even when no length was declared.
                     .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes)),
             )
@@ -393,38 +383,44 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-/// The state of [`guard`].
-#[derive(Clone)]
+/// Authentication, then rate limits, as one layer (each is also a middleware of its own:
+/// [`auth::authenticate`], [`ratelimit::limit`]).
 struct Guard {
     auth: Arc<Authenticator>,
     limiter: Arc<RateLimiter>,
 }
 
-/// Authentication, then rate limits, as one layer (each is also a middleware of its own:
-/// [`auth::authenticate`], [`ratelimit::limit`]). A layer costs a boxed future and a clone of the
-/// service it wraps on every request; fused, the two cost one.
-async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    auth::authenticated(&g.auth, req, |req| {
-        ratelimit::limited(&g.limiter, req, |req| next.run(req))
-    })
-    .await
+impl Stage for Guard {
+    fn run<N, F>(&self, req: Request, next: N) -> impl Future<Output = Response> + Send
+    where
+        N: FnOnce(Request) -> F + Send,
+        F: Future<Output = Response> + Send,
+    {
+        auth::authenticated(&self.auth, req, |req| {
+            ratelimit::limited(&self.limiter, req, next)
+        })
+    }
 }
 
-/// The state of [`outer`].
+/// Edge hygiene, then the access log and metrics around the request bounds, as one layer (each
+/// is also a middleware of its own: [`edge::hygiene`], [`telemetry::access_log`]). The log sees
+/// every answer past the path check, a refusal by the bounds included.
 struct Outer {
     edge: edge::Edge,
     log: telemetry::AccessLog,
     bounds: Bounds,
 }
 
-/// Edge hygiene, then the access log and metrics around the request bounds, as one layer (each
-/// is also a middleware of its own: [`edge::hygiene`], [`telemetry::access_log`]). The log sees
-/// every answer past the path check, a refusal by the bounds included.
-async fn outer(State(o): State<Arc<Outer>>, req: Request, next: Next) -> Response {
-    edge::screened(&o.edge, req, |req| {
-        telemetry::logged(&o.log, req, |req| bounds(o.bounds, req, next))
-    })
-    .await
+impl Stage for Outer {
+    fn run<N, F>(&self, req: Request, next: N) -> impl Future<Output = Response> + Send
+    where
+        N: FnOnce(Request) -> F + Send,
+        F: Future<Output = Response> + Send,
+    {
+        edge::screened(&self.edge, req, |req| {
+            telemetry::logged(&self.log, req, |req| bounds(self.bounds, req, next))
+        })
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -461,7 +457,11 @@ pub struct BodyTimedOut;
 
 /// Refuses a declared body over the limit before reading it, and bounds the time to produce the
 /// response head (a streamed body, such as server-sent events, is not cut by this bound).
-async fn bounds(b: Bounds, mut req: Request, next: Next) -> Response {
+async fn bounds<N, F>(b: Bounds, mut req: Request, next: N) -> Response
+where
+    N: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -476,7 +476,7 @@ async fn bounds(b: Bounds, mut req: Request, next: Next) -> Response {
         let body = std::mem::take(req.body_mut());
         *req.body_mut() = idle_bounded(body, b.body_idle);
     }
-    match tokio::time::timeout(b.timeout, next.run(req)).await {
+    match tokio::time::timeout(b.timeout, next(req)).await {
         Ok(res) => res,
         Err(_) => GatewayError::UpstreamTimeout("request".into()).into_response(),
     }
