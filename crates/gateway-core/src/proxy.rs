@@ -52,36 +52,33 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// by length first, rather than 22 comparisons per header; a test keeps it in step with the
 /// lists.
 fn request_stripped(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "authorization"
-            | "x-api-key"
-            | "x-forwarded-for"
-            | "x-forwarded-host"
-            | "x-forwarded-proto"
-            | "forwarded"
-            | "x-user-id"
-            | "x-user-scopes"
-            | "x-user-tier"
-            | "x-partner-id"
-            | "x-api-version"
-            | "x-request-deadline-ms"
-    )
+    hop_by_hop(name)
+        || matches!(
+            name,
+            "host"
+                | "authorization"
+                | "x-api-key"
+                | "x-forwarded-for"
+                | "x-forwarded-host"
+                | "x-forwarded-proto"
+                | "forwarded"
+                | "x-user-id"
+                | "x-user-scopes"
+                | "x-user-tier"
+                | "x-partner-id"
+                | "x-api-version"
+                | "x-request-deadline-ms"
+        )
 }
 
 /// Whether a backend's answer header `name` is removed before the client sees it: the
 /// [`HOP_BY_HOP`] headers, and those that would tell a client what runs behind the gateway.
 fn answer_stripped(name: &str) -> bool {
+    hop_by_hop(name) || matches!(name, "server" | "x-powered-by")
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`], as a `match`.
+fn hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -93,8 +90,6 @@ fn answer_stripped(name: &str) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
-            | "server"
-            | "x-powered-by"
     )
 }
 

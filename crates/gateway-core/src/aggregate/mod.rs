@@ -129,8 +129,8 @@ impl FanOut {
 
     /// Adds a part fed by part `source`'s answer: `make` turns that answer into the call, or into
     /// `None` when there is nothing to fetch (the part then answers `null` at once). It starts as
-    /// soon as `source` answers, its timeout counted from then. If `source` fails without a fallback, this part is `skipped` (and the
-    /// route fails with 502 if this part is required).
+    /// soon as `source` answers, its timeout counted from then. If `source` fails without a
+    /// fallback, this part is `skipped` (and the route fails with 502 if this part is required).
     pub fn part_after<F, Fut>(
         mut self,
         name: &'static str,
@@ -215,29 +215,24 @@ impl FanOut {
             // Its dependents start now, fed by its answer (or fallback); without one they are
             // skipped, and theirs with them.
             let mut skipped = Vec::new();
-            for (dependent, follow) in take_dependents(&mut waiting, name) {
-                match value.as_ref().map(follow) {
-                    Some(Some(call)) => running.push(launch(dependent, call)),
-                    // Nothing to fetch: answered at once, with nothing.
-                    Some(None) => {
-                        running.push(launch(dependent, Box::pin(async { Ok(Value::Null) })))
-                    }
-                    None => skipped.push(dependent),
-                }
-            }
+            follow_up(
+                &mut waiting,
+                name,
+                value.as_ref(),
+                |p, call| running.push(launch(p, call)),
+                &mut skipped,
+            );
             // A skipped part with a fallback feeds its dependents with it; without one, they
             // are skipped too.
             while let Some(dependent) = skipped.pop() {
                 gathered.skip(&dependent)?;
-                for (next, follow) in take_dependents(&mut waiting, dependent.name) {
-                    match dependent.fallback.as_ref().map(follow) {
-                        Some(Some(call)) => running.push(launch(next, call)),
-                        Some(None) => {
-                            running.push(launch(next, Box::pin(async { Ok(Value::Null) })));
-                        }
-                        None => skipped.push(next),
-                    }
-                }
+                follow_up(
+                    &mut waiting,
+                    dependent.name,
+                    dependent.fallback.as_ref(),
+                    |p, call| running.push(launch(p, call)),
+                    &mut skipped,
+                );
             }
             if let Some(value) = value {
                 gathered.values.push((name, value));
@@ -274,6 +269,24 @@ async fn launch(part: Part, call: Call) -> (Part, Duration, Result<Value, Upstre
         Err(_) => Err(UpstreamError::Timeout),
     };
     (part, started.elapsed(), result)
+}
+
+/// Starts the parts waiting on `source`, fed by `value` (its answer or fallback); a part with
+/// nothing to fetch answers `null` at once. Without a value they go to `skipped`.
+fn follow_up(
+    waiting: &mut Vec<(Part, &'static str, Follow)>,
+    source: &str,
+    value: Option<&Value>,
+    mut start: impl FnMut(Part, Call),
+    skipped: &mut Vec<Part>,
+) {
+    for (dependent, follow) in take_dependents(waiting, source) {
+        match value.map(follow) {
+            Some(Some(call)) => start(dependent, call),
+            Some(None) => start(dependent, Box::pin(async { Ok(Value::Null) })),
+            None => skipped.push(dependent),
+        }
+    }
 }
 
 /// Removes and returns the parts waiting on `source`.

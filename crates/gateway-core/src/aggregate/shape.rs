@@ -16,6 +16,8 @@
 //! assert!(shape.check().is_ok());
 //! ```
 
+use std::sync::OnceLock;
+
 use serde_json::{Map, Value};
 
 use super::Gathered;
@@ -131,6 +133,8 @@ impl From<ShapeError> for crate::error::GatewayError {
 #[derive(Default)]
 pub struct Shape {
     rules: Vec<Rule>,
+    /// [`Shape::check`], done on the first [`Shape::apply`] and kept: the rules no longer change.
+    checked: OnceLock<Result<(), ShapeError>>,
 }
 
 impl Shape {
@@ -140,37 +144,40 @@ impl Shape {
     }
 
     /// `key` holds part `part`'s answer through `fields`; `null` when the part has no answer.
-    pub fn under(mut self, key: &str, part: &'static str, fields: Fields) -> Self {
-        self.rules.push(Rule::Under {
+    pub fn under(self, key: &str, part: &'static str, fields: Fields) -> Self {
+        self.with(Rule::Under {
             key: key.to_owned(),
             part,
             fields,
-        });
-        self
+        })
     }
 
     /// Fields of part `part`'s answer at the top level, each `(from, to)`; left out when the
     /// part or the field is missing.
-    pub fn top(mut self, part: &'static str, fields: &[(&str, &str)]) -> Self {
-        self.rules.push(Rule::Top {
+    pub fn top(self, part: &'static str, fields: &[(&str, &str)]) -> Self {
+        self.with(Rule::Top {
             part,
             fields: fields
                 .iter()
                 .map(|(from, to)| ((*from).to_owned(), (*to).to_owned()))
                 .collect(),
-        });
-        self
+        })
     }
 
     /// `key` holds what `compute` makes of the body shaped by the rules before it.
-    pub fn computed<F>(mut self, key: &str, compute: F) -> Self
+    pub fn computed<F>(self, key: &str, compute: F) -> Self
     where
         F: Fn(&Value) -> Value + Send + Sync + 'static,
     {
-        self.rules.push(Rule::Computed {
+        self.with(Rule::Computed {
             key: key.to_owned(),
             compute: Box::new(compute),
-        });
+        })
+    }
+
+    fn with(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self.checked = OnceLock::new();
         self
     }
 
@@ -195,7 +202,7 @@ impl Shape {
     /// The body made of `parts`' answers. A shape that does not [`check`](Self::check) makes
     /// no body: its error is returned, never a body where one answer overwrote another.
     pub fn apply(&self, parts: &Gathered) -> Result<Map<String, Value>, ShapeError> {
-        self.check()?;
+        self.checked.get_or_init(|| self.check()).clone()?;
         let mut body = Map::new();
         for rule in &self.rules {
             match rule {

@@ -648,6 +648,20 @@ mod tests {
     }
 
     #[test]
+    fn each_mode_has_its_own_label() {
+        let cases = [
+            (Mode::Memory, "memory"),
+            (Mode::Shared, "shared"),
+            (Mode::FailOpenLocal, "fail_open_local"),
+            (Mode::FailOpen, "fail_open"),
+            (Mode::FailClosed, "fail_closed"),
+        ];
+        for (mode, label) in cases {
+            assert_eq!(Mode::LABELS[mode as usize], label);
+        }
+    }
+
+    #[test]
     fn a_quota_adds_its_item_to_the_ratelimit_header() {
         let p = Policy::new("partner", Algorithm::Gcra, 10, Duration::from_secs(1), 20)
             .with_quota(10_000, Duration::from_secs(86_400));

@@ -112,7 +112,7 @@ pub struct Upstream {
     /// Identical reads in flight, shared ("single flight").
     reads: Coalescer<Result<Value, UpstreamError>>,
     /// `bff_upstream_calls_total` of this version, one series per outcome, registered once.
-    calls: [metrics::Counter; OUTCOMES.len()],
+    calls: [metrics::Counter; Outcome::LABELS.len()],
 }
 
 /// A traffic split: the cohort's calls go to `target`, a whole upstream of its own.
@@ -168,7 +168,7 @@ impl Upstream {
         // A full upstream sheds the call at once: queueing would only spend the part's deadline.
         let _slot = match &self.in_flight {
             Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| {
-                self.calls[OVERLOADED].increment(1);
+                self.calls[Outcome::Overloaded as usize].increment(1);
                 UpstreamError::Overloaded
             })?),
             None => None,
@@ -195,7 +195,7 @@ impl Upstream {
                 .set(open);
             tracing::warn!(upstream = %self.name, variant = %self.variant, state = ?after, "circuit breaker changed state");
         }
-        self.calls[outcome(&result)].increment(1);
+        self.calls[Outcome::of(&result) as usize].increment(1);
         result
     }
 
@@ -503,7 +503,7 @@ impl Upstream {
         // The breaker's series exists from the start: closed until it opens.
         metrics::gauge!("bff_upstream_circuit_open", "upstream" => label.clone(), "variant" => variant.clone())
             .set(0.0);
-        let calls = OUTCOMES.map(|o| {
+        let calls = Outcome::LABELS.map(|o| {
             metrics::counter!("bff_upstream_calls_total", "upstream" => label.clone(), "variant" => variant.clone(), "outcome" => o)
         });
         Upstream {
@@ -740,31 +740,42 @@ impl CallContext {
     }
 }
 
-/// The `outcome` labels of `bff_upstream_calls_total`, indexed by [`outcome`].
-const OUTCOMES: [&str; 7] = [
-    "ok",
-    "timeout",
-    "not_found",
-    "rejected",
-    "error",
-    "circuit_open",
-    "overloaded",
-];
-
-fn outcome<T>(r: &Result<T, UpstreamError>) -> usize {
-    match r {
-        Ok(_) => 0,
-        Err(UpstreamError::Timeout) => 1,
-        Err(UpstreamError::NotFound) => 2,
-        Err(UpstreamError::Rejected(_)) => 3,
-        Err(UpstreamError::Failed(_)) => 4,
-        Err(UpstreamError::CircuitOpen) => 5,
-        Err(UpstreamError::Overloaded) => OVERLOADED,
-    }
+/// How a call ended: the `outcome` label of `bff_upstream_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Timeout,
+    NotFound,
+    Rejected,
+    Error,
+    CircuitOpen,
+    Overloaded,
 }
 
-/// The index of `overloaded` in [`OUTCOMES`].
-const OVERLOADED: usize = 6;
+impl Outcome {
+    /// The labels, in the order of the variants.
+    const LABELS: [&str; 7] = [
+        "ok",
+        "timeout",
+        "not_found",
+        "rejected",
+        "error",
+        "circuit_open",
+        "overloaded",
+    ];
+
+    fn of<T>(r: &Result<T, UpstreamError>) -> Self {
+        match r {
+            Ok(_) => Self::Ok,
+            Err(UpstreamError::Timeout) => Self::Timeout,
+            Err(UpstreamError::NotFound) => Self::NotFound,
+            Err(UpstreamError::Rejected(_)) => Self::Rejected,
+            Err(UpstreamError::Failed(_)) => Self::Error,
+            Err(UpstreamError::CircuitOpen) => Self::CircuitOpen,
+            Err(UpstreamError::Overloaded) => Self::Overloaded,
+        }
+    }
+}
 
 fn push(out: &mut Vec<(&'static str, HeaderValue)>, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
@@ -776,6 +787,27 @@ fn push(out: &mut Vec<(&'static str, HeaderValue)>, name: &'static str, value: &
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn each_outcome_has_its_own_label() {
+        let cases = [
+            (Outcome::Ok, "ok"),
+            (Outcome::Timeout, "timeout"),
+            (Outcome::NotFound, "not_found"),
+            (Outcome::Rejected, "rejected"),
+            (Outcome::Error, "error"),
+            (Outcome::CircuitOpen, "circuit_open"),
+            (Outcome::Overloaded, "overloaded"),
+        ];
+        for (outcome, label) in cases {
+            assert_eq!(Outcome::LABELS[outcome as usize], label);
+        }
+        assert_eq!(Outcome::of(&Ok::<(), _>(())), Outcome::Ok);
+        assert_eq!(
+            Outcome::of::<()>(&Err(UpstreamError::Failed("x".into()))),
+            Outcome::Error
+        );
+    }
 
     fn upstream(retries: u32, min_per_sec: u32, percent: u32) -> Arc<Upstream> {
         let cfg = UpstreamConfig {
