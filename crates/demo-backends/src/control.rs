@@ -126,7 +126,7 @@ impl Control {
         }
         let fault = lock(&self.faults)[service as usize];
         if fault.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(fault.latency_ms)).await;
+            delay(Duration::from_millis(fault.latency_ms)).await;
         }
         if fault.error_rate > 0.0 && rand::random::<f64>() < fault.error_rate {
             tracing::debug!(service = service.name(), "injecting failure");
@@ -193,6 +193,30 @@ fn snapshot(
         .collect()
 }
 
+/// How much of a delay is left to a blocking thread's sleep.
+const FINE_DELAY: Duration = Duration::from_millis(3);
+
+/// Waits `duration`, to within the kernel's timer slack (about 50 µs) rather than tokio's
+/// milliseconds. Tokio's timer counts whole milliseconds and fires up to about two of them late,
+/// so a 20 ms fault would last 21 to 22 ms and blur what a test or a benchmark measures through
+/// the gateway. So the delay sleeps on tokio's timer until 3 ms before the deadline, and the rest
+/// on a blocking thread, whose `nanosleep` is exact; one such thread sleeps per delayed call, for
+/// at most those 3 ms.
+pub(crate) async fn delay(duration: Duration) {
+    let deadline = std::time::Instant::now() + duration;
+    if let Some(coarse) = duration.checked_sub(FINE_DELAY) {
+        tokio::time::sleep(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(std::time::Instant::now());
+    if !rest.is_zero()
+        && tokio::task::spawn_blocking(move || std::thread::sleep(rest))
+            .await
+            .is_err()
+    {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +252,16 @@ mod tests {
         assert_eq!(last["ads"].as_deref(), Some("00-abc-def-01"));
         assert_eq!(last["user"], None);
         assert_eq!(control.last_user_ids()["ads"].as_deref(), Some("user-0001"));
+    }
+
+    #[tokio::test]
+    async fn a_delay_lasts_at_least_its_duration() {
+        for millis in [0, 1, 3, 7] {
+            let duration = Duration::from_millis(millis);
+            let started = std::time::Instant::now();
+            delay(duration).await;
+            assert!(started.elapsed() >= duration, "{millis} ms");
+        }
     }
 
     #[test]
