@@ -256,6 +256,10 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// Headers the gateway adds to a pass-through answer, at most: five of the rate limit (three
+/// more with a quota), the request id, `traceparent` and `vary`.
+const ADDED_TO_ANSWERS: usize = 11;
+
 /// The backend's answer as the client gets it, the body streamed with an idle bound per chunk:
 /// a stalled upstream ends the answer with an error after `idle`.
 fn answer(res: Response, idle: Duration) -> Response {
@@ -265,6 +269,9 @@ fn answer(res: Response, idle: Duration) -> Response {
     parts.version = axum::http::Version::default();
     parts.extensions = axum::http::Extensions::new();
     strip(&mut parts.headers, answer_stripped);
+    // Room for what the gateway adds on the way out (limits, request id, `traceparent`,
+    // `vary`), so that the map grows at most once rather than once per insertion.
+    parts.headers.reserve(ADDED_TO_ANSWERS);
     let body = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
     Response::from_parts(parts, body)
 }

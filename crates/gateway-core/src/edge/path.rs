@@ -19,11 +19,13 @@ pub fn check(path: &str, uri_len: usize, max_uri_bytes: usize) -> Result<(), Gat
     if path.contains('\\') {
         return Err(invalid("must not contain a backslash"));
     }
-    let lower = path.to_ascii_lowercase();
-    for encoded in ["%2f", "%5c", "%2e", "%00"] {
-        if lower.contains(encoded) {
-            return Err(invalid("must not encode slashes, backslashes, dots or NUL"));
-        }
+    // One pass, nothing allocated: this runs on every request.
+    if path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && forbidden_escape(w[1], w[2]))
+    {
+        return Err(invalid("must not encode slashes, backslashes, dots or NUL"));
     }
     // Every segment after the leading slash must be a real name; a trailing slash is allowed.
     let body = &path[1..];
@@ -36,6 +38,14 @@ pub fn check(path: &str, uri_len: usize, max_uri_bytes: usize) -> Result<(), Gat
         return Err(invalid("must not contain empty, '.' or '..' segments"));
     }
     Ok(())
+}
+
+/// Whether `%` followed by `hi lo` encodes a slash, a backslash, a dot or NUL (either case).
+fn forbidden_escape(hi: u8, lo: u8) -> bool {
+    matches!(
+        (hi, lo.to_ascii_lowercase()),
+        (b'2', b'f' | b'e') | (b'5', b'c') | (b'0', b'0')
+    )
 }
 
 #[cfg(test)]

@@ -19,14 +19,23 @@ pub enum Balance {
     PowerOfTwoChoices,
 }
 
+/// How pass-through calls address an `http://` instance.
+#[derive(Debug)]
+struct Plain {
+    authority: http::uri::Authority,
+    /// The base's path, without a trailing slash.
+    prefix: String,
+    host: http::HeaderValue,
+}
+
 /// One instance of an upstream.
 #[derive(Debug)]
 pub struct Instance {
     base: String,
     /// `base` parsed once: a call's URL is this with its path and query set.
     url: Option<reqwest::Url>,
-    /// For an `http://` base, its authority and path, for pass-through calls' URIs.
-    plain: Option<(http::uri::Authority, String)>,
+    /// For an `http://` base, what pass-through calls are addressed with.
+    plain: Option<Plain>,
     connect_timeout: Duration,
     channel: OnceLock<Channel>,
     healthy: AtomicBool,
@@ -39,10 +48,17 @@ impl Instance {
         let base = base.trim_end_matches('/');
         let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
             (uri.scheme() == Some(&http::uri::Scheme::HTTP)).then_some(())?;
-            Some((
-                uri.authority()?.clone(),
-                uri.path().trim_end_matches('/').to_owned(),
-            ))
+            let authority = uri.authority()?.clone();
+            // As the client would write it: the port only when it is not 80.
+            let host = match authority.port_u16() {
+                Some(port) if port != 80 => http::HeaderValue::from_str(authority.as_str()),
+                _ => http::HeaderValue::from_str(authority.host()),
+            };
+            Some(Plain {
+                host: host.ok()?,
+                authority,
+                prefix: uri.path().trim_end_matches('/').to_owned(),
+            })
         });
         Self {
             url: reqwest::Url::parse(base).ok(),
@@ -81,7 +97,9 @@ impl Instance {
     /// The URI of `target` (`/path?query`) on an `http://` instance; `None` for `https://` (or
     /// a target that is no path).
     pub fn plain_uri_for(&self, target: &str) -> Option<http::Uri> {
-        let (authority, prefix) = self.plain.as_ref()?;
+        let Plain {
+            authority, prefix, ..
+        } = self.plain.as_ref()?;
         let path_and_query = if prefix.is_empty() {
             http::uri::PathAndQuery::try_from(target).ok()?
         } else {
@@ -93,6 +111,12 @@ impl Instance {
             .path_and_query(path_and_query)
             .build()
             .ok()
+    }
+
+    /// The `Host` of pass-through calls to an `http://` instance, made once: the client would
+    /// otherwise format it on every call.
+    pub fn plain_host(&self) -> Option<&http::HeaderValue> {
+        self.plain.as_ref().map(|p| &p.host)
     }
 
     /// Whether the last health check passed.
@@ -377,7 +401,27 @@ mod tests {
     fn only_plain_http_instances_take_the_pass_through_client() {
         let tls = Instance::new("https://svc.internal", Duration::from_secs(1));
         assert_eq!(tls.plain_uri_for("/x"), None);
+        assert_eq!(tls.plain_host(), None);
         assert!(tls.url_for("/x").is_some());
+    }
+
+    #[test]
+    fn a_plain_instance_is_addressed_as_the_client_would() {
+        let host = |base: &str| {
+            Instance::new(base, Duration::from_secs(1))
+                .plain_host()
+                .map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:9001").as_deref(),
+            Some("127.0.0.1:9001")
+        );
+        assert_eq!(
+            host("http://svc.internal:80/base/").as_deref(),
+            Some("svc.internal")
+        );
+        assert_eq!(host("http://svc.internal").as_deref(), Some("svc.internal"));
+        assert_eq!(host("http://[::1]:8080").as_deref(), Some("[::1]:8080"));
     }
 
     #[test]

@@ -29,6 +29,10 @@ impl Upstream {
                     *req.method_mut() = method;
                     *req.uri_mut() = uri;
                     *req.headers_mut() = headers;
+                    if let Some(host) = instance.plain_host() {
+                        req.headers_mut()
+                            .insert(axum::http::header::HOST, host.clone());
+                    }
                     match tokio::time::timeout(timeout, self.pass.request(req)).await {
                         Ok(Ok(res)) => Ok(res.map(Body::new)),
                         Ok(Err(e)) => Err(failure(&e)),
