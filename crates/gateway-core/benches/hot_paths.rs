@@ -198,12 +198,12 @@ fn upstream(c: &mut Criterion) {
         })
     });
     let mut ctx = CallContext::detached();
-    ctx.principal = Some(Principal {
-        subject: "user-0042".into(),
-        scopes: std::sync::Arc::new(["feed:read".to_owned()]),
-        tier: None,
-        kind: PrincipalKind::User,
-    });
+    ctx.principal = Some(Principal::new(
+        "user-0042".into(),
+        std::sync::Arc::new(["feed:read".to_owned()]),
+        None,
+        PrincipalKind::User,
+    ));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

@@ -101,9 +101,19 @@ fn strip(headers: &mut HeaderMap, stripped: fn(&str) -> bool) {
         .keys()
         .filter(|n| stripped(n.as_str()))
         .cloned()
-        .chain(connection_named(headers))
         .collect();
-    for name in found {
+    // The names a `Connection` header lists are hop-by-hop too. A token is looked up as it is
+    // written, so one that names no header present (`keep-alive`, `close`) allocates nothing.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|token| headers.contains_key(*token))
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in found.into_iter().chain(listed) {
         headers.remove(name);
     }
 }
@@ -243,17 +253,6 @@ pub(crate) fn request_headers(from: &HeaderMap) -> HeaderMap {
     let mut out = from.clone();
     strip_request_headers(&mut out);
     out
-}
-
-/// Headers a `Connection` header names: hop-by-hop too.
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect()
 }
 
 /// Headers the gateway adds to a pass-through answer, at most: five of the rate limit (three

@@ -7,11 +7,11 @@
 pub mod apikey;
 pub mod jwt;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready, ready};
@@ -36,6 +36,9 @@ pub struct Principal {
     pub tier: Option<Arc<str>>,
     /// User or partner.
     pub kind: PrincipalKind,
+    /// The identity headers a backend is sent, made on first use and shared by every clone: the
+    /// verified-token cache hands each request a clone of the same principal.
+    identity: Arc<OnceLock<Vec<(&'static str, HeaderValue)>>>,
 }
 
 /// The kind of credential a principal presented.
@@ -51,6 +54,43 @@ pub enum PrincipalKind {
 }
 
 impl Principal {
+    /// A principal with these facts.
+    pub fn new(
+        subject: Arc<str>,
+        scopes: Arc<[String]>,
+        tier: Option<Arc<str>>,
+        kind: PrincipalKind,
+    ) -> Self {
+        Self {
+            subject,
+            scopes,
+            tier,
+            kind,
+            identity: Arc::default(),
+        }
+    }
+
+    /// Who is calling, as the headers a backend is sent: `x-user-id` (or `x-partner-id`),
+    /// `x-user-scopes` when there are scopes, `x-user-tier` when there is a tier. A value that
+    /// is no valid header value is left out.
+    pub fn identity_headers(&self) -> &[(&'static str, HeaderValue)] {
+        self.identity.get_or_init(|| {
+            let id = match self.kind {
+                PrincipalKind::User => "x-user-id",
+                PrincipalKind::Partner { .. } => "x-partner-id",
+            };
+            let scopes = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
+            [
+                (id, Some(&*self.subject)),
+                ("x-user-scopes", scopes.as_deref()),
+                ("x-user-tier", self.tier.as_deref()),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, HeaderValue::from_str(value?).ok()?)))
+            .collect()
+        })
+    }
+
     /// Builds a principal from verified claims: `sub`, then `scope` (space-separated) or `scp` (array).
     pub fn from_claims(claims: &Map<String, Value>, tier_claim: &str) -> Option<Self> {
         let subject = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?;
@@ -62,15 +102,15 @@ impl Principal {
                 .collect(),
             _ => Vec::new(),
         };
-        Some(Self {
-            subject: subject.into(),
-            scopes: scopes.into(),
-            tier: claims
+        Some(Self::new(
+            subject.into(),
+            scopes.into(),
+            claims
                 .get(tier_claim)
                 .and_then(Value::as_str)
                 .map(Into::into),
-            kind: PrincipalKind::User,
-        })
+            PrincipalKind::User,
+        ))
     }
 
     /// Whether the principal was granted `scope`.
@@ -118,14 +158,14 @@ impl Authenticator {
                 })?;
                 let record =
                     record.ok_or(GatewayError::Unauthenticated(AuthFailure::UnknownApiKey))?;
-                Ok(Principal {
-                    subject: record.partner.into(),
-                    scopes: Arc::from([]),
-                    tier: Some(record.tier.into()),
-                    kind: PrincipalKind::Partner {
+                Ok(Principal::new(
+                    record.partner.into(),
+                    Arc::from([]),
+                    Some(record.tier.into()),
+                    PrincipalKind::Partner {
                         version: record.version.map(Into::into),
                     },
-                })
+                ))
             }
         }
     }
@@ -245,6 +285,41 @@ where
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn identity_headers_are_made_once_for_every_clone() {
+        let names = |p: &Principal| {
+            p.identity_headers()
+                .iter()
+                .map(|(n, v)| format!("{n}={}", v.to_str().expect("ascii")))
+                .collect::<Vec<_>>()
+        };
+        let user = Principal::new(
+            "user-1".into(),
+            Arc::from(["a".to_owned(), "b".to_owned()]),
+            Some("gold".into()),
+            PrincipalKind::User,
+        );
+        let copy = user.clone();
+        assert_eq!(
+            names(&copy),
+            ["x-user-id=user-1", "x-user-scopes=a b", "x-user-tier=gold"]
+        );
+        assert!(std::ptr::eq(
+            user.identity_headers(),
+            copy.identity_headers()
+        ));
+        let partner = Principal::new(
+            "acme".into(),
+            Arc::from([]),
+            None,
+            PrincipalKind::Partner { version: None },
+        );
+        assert_eq!(names(&partner), ["x-partner-id=acme"]);
+        // A value no header may carry is left out, not sent mangled.
+        let odd = Principal::new("a\nb".into(), Arc::from([]), None, PrincipalKind::User);
+        assert!(odd.identity_headers().is_empty());
+    }
 
     #[test]
     fn scopes_come_from_scope_or_scp() {

@@ -387,12 +387,7 @@ mod tests {
             )
             .expect("upstreams"),
         );
-        let principal = Principal {
-            subject: "user-1".into(),
-            scopes: Arc::new([]),
-            tier: None,
-            kind: PrincipalKind::User,
-        };
+        let principal = Principal::new("user-1".into(), Arc::new([]), None, PrincipalKind::User);
         let app = Router::new()
             .route(
                 "/x",

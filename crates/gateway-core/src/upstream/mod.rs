@@ -28,7 +28,7 @@ pub mod fault;
 pub mod forward;
 pub mod split;
 
-use crate::auth::{Principal, PrincipalKind};
+use crate::auth::Principal;
 use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
 use crate::edge::{RequestId, TraceContext};
@@ -696,17 +696,7 @@ impl CallContext {
     pub(crate) fn headers(&self, timeout: Duration) -> Vec<(&'static str, HeaderValue)> {
         let mut out = Vec::with_capacity(7);
         if let Some(p) = &self.principal {
-            let id_header = match p.kind {
-                PrincipalKind::User => "x-user-id",
-                PrincipalKind::Partner { .. } => "x-partner-id",
-            };
-            push(&mut out, id_header, &p.subject);
-            if !p.scopes.is_empty() {
-                push(&mut out, "x-user-scopes", &p.scopes.join(" "));
-            }
-            if let Some(tier) = &p.tier {
-                push(&mut out, "x-user-tier", tier);
-            }
+            out.extend_from_slice(p.identity_headers());
         }
         if let Some(id) = &self.request_id {
             out.push(("x-request-id", id.0.clone()));
@@ -777,15 +767,10 @@ impl Outcome {
     }
 }
 
-fn push(out: &mut Vec<(&'static str, HeaderValue)>, name: &'static str, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        out.push((name, v));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::PrincipalKind;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
@@ -907,12 +892,12 @@ mod tests {
 
     fn as_user(subject: &str) -> CallContext {
         CallContext {
-            principal: Some(Principal {
-                subject: subject.into(),
-                scopes: Arc::new([]),
-                tier: None,
-                kind: PrincipalKind::User,
-            }),
+            principal: Some(Principal::new(
+                subject.into(),
+                Arc::new([]),
+                None,
+                PrincipalKind::User,
+            )),
             ..CallContext::detached()
         }
     }
