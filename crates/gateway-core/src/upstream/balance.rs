@@ -49,9 +49,11 @@ impl Instance {
         let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
             (uri.scheme() == Some(&http::uri::Scheme::HTTP)).then_some(())?;
             let authority = uri.authority()?.clone();
-            // As the client would write it: the port only when it is not 80.
+            // As the client would write it: no user information, the port only when not 80.
             let host = match authority.port_u16() {
-                Some(port) if port != 80 => http::HeaderValue::from_str(authority.as_str()),
+                Some(port) if port != 80 => {
+                    http::HeaderValue::from_str(&format!("{}:{port}", authority.host()))
+                }
                 _ => http::HeaderValue::from_str(authority.host()),
             };
             Some(Plain {
@@ -422,6 +424,10 @@ mod tests {
         );
         assert_eq!(host("http://svc.internal").as_deref(), Some("svc.internal"));
         assert_eq!(host("http://[::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(
+            host("http://u:p@svc.internal:81").as_deref(),
+            Some("svc.internal:81")
+        );
     }
 
     #[test]
