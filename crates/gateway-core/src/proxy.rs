@@ -93,17 +93,13 @@ fn hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// Removes the headers `stripped` selects and those a `Connection` header names. One pass over
-/// the names present, then a removal for each one found: a request carries a handful of headers,
-/// and looking each of the ~25 stripped names up would hash every one of them.
+/// Removes the headers `stripped` selects and those a `Connection` header names. The names
+/// present are looked at once ([`crate::edge::remove_where`]): a request carries a handful of
+/// headers, and looking each of the ~25 stripped names up would hash every one of them.
 fn strip(headers: &mut HeaderMap, stripped: fn(&str) -> bool) {
-    let found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| stripped(n.as_str()))
-        .cloned()
-        .collect();
-    // The names a `Connection` header lists are hop-by-hop too. A token is looked up as it is
-    // written, so one that names no header present (`keep-alive`, `close`) allocates nothing.
+    // The names a `Connection` header lists are hop-by-hop too, read before that header goes. A
+    // token is looked up as it is written, so one that names no header present (`keep-alive`,
+    // `close`) allocates nothing.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -113,7 +109,8 @@ fn strip(headers: &mut HeaderMap, stripped: fn(&str) -> bool) {
         .filter(|token| headers.contains_key(*token))
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in found.into_iter().chain(listed) {
+    crate::edge::remove_where(headers, stripped);
+    for name in listed {
         headers.remove(name);
     }
 }

@@ -199,7 +199,6 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
 impl<C: Send + Sync + 'static> Gateway<C> {
     /// Wraps a BFF's API routes in the pipeline and adds the operational endpoints.
     ///
-    /// Order, outermost first, with the reason for each position:
     /// Routing (matching the path to a route) comes first and does nothing else. Then, outermost
     /// first, with the reason for each position:
     /// 1. edge hygiene: request id and trace context exist before anything logs; identity headers a

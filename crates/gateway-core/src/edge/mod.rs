@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
@@ -104,9 +104,9 @@ impl TraceContext {
 
     /// The trace id in lower-case hex.
     pub fn trace_id_hex(&self) -> String {
-        let mut out = String::with_capacity(32);
-        hex_into(&mut out, &self.trace_id);
-        out
+        let mut out = [0u8; 32];
+        hex_to(&mut out, &self.trace_id);
+        text(&out)
     }
 
     /// A `traceparent` for an outgoing call: same trace; as parent, the request's exported span,
@@ -175,6 +175,20 @@ pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
+/// Removes the headers whose (lowercase) name `unwanted` selects: one pass over the names
+/// present, then a removal for each one found, rather than a hashed lookup of every name that
+/// might be there.
+pub(crate) fn remove_where(headers: &mut HeaderMap, unwanted: impl Fn(&str) -> bool) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| unwanted(n.as_str()))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
 /// `00-{trace id}-{span id}-{flags}`, on the stack.
 fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> [u8; TRACEPARENT_LEN] {
     let mut out = [b'-'; TRACEPARENT_LEN];
@@ -198,14 +212,6 @@ fn random_span() -> [u8; 8] {
     let mut span = [0u8; 8];
     rand::rng().fill_bytes(&mut span);
     span
-}
-
-fn hex_into(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
 }
 
 fn hex_decode<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -287,15 +293,7 @@ where
         .filter_map(|v| v.to_str().ok());
     let client = proxies::client_ip(peer, forwarded, &edge.trusted_proxies);
     let headers = req.headers_mut();
-    // One pass over the names present; a removal only for an identity header actually sent.
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| IDENTITY_HEADERS.contains(&n.as_str()))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| IDENTITY_HEADERS.contains(&name));
     headers.insert(REQUEST_ID.clone(), id.clone());
     let ext = req.extensions_mut();
     ext.insert(RequestId(id.clone()));
