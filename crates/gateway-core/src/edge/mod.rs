@@ -274,7 +274,8 @@ where
         .headers()
         .get(&REQUEST_ID)
         .filter(|v| acceptable_request_id(v))
-        .cloned()
+        // Copied: a clone would share the connection's read buffer for the request's lifetime.
+        .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
         .unwrap_or_else(|| {
             let mut buf = uuid::Uuid::encode_buffer();
             HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
@@ -355,6 +356,28 @@ mod tests {
             .await
             .expect("body");
         assert_eq!(body, "", "identity headers that reached the handler");
+    }
+
+    #[tokio::test]
+    async fn a_clients_request_id_is_copied_not_shared() {
+        // hyper's header values are slices of the connection's read buffer; the request id
+        // lives as long as the request, so it must not keep that buffer.
+        let buffer = bytes::Bytes::from_static(b"client-chosen-id-42");
+        let sent = HeaderValue::from_maybe_shared(buffer.clone()).expect("value");
+        let mut req = Request::new(axum::body::Body::empty());
+        req.headers_mut().insert(&REQUEST_ID, sent);
+        let sent_at = buffer.as_ptr();
+        screened(&Edge::default(), req, |req| async move {
+            let id = req.extensions().get::<RequestId>().expect("request id");
+            assert_eq!(id.0, "client-chosen-id-42");
+            assert_ne!(
+                id.0.as_bytes().as_ptr(),
+                sent_at,
+                "the id shares the client's buffer"
+            );
+            Response::new(axum::body::Body::empty())
+        })
+        .await;
     }
 
     #[test]
