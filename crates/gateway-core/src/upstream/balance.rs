@@ -22,10 +22,10 @@ pub enum Balance {
 /// How pass-through calls address an `http://` instance.
 #[derive(Debug)]
 struct Plain {
-    authority: http::uri::Authority,
     /// The base's path, without a trailing slash.
     prefix: String,
     host: http::HeaderValue,
+    pool: super::pass::Pool,
 }
 
 /// One instance of an upstream.
@@ -48,7 +48,7 @@ impl Instance {
         let base = base.trim_end_matches('/');
         let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
             (uri.scheme() == Some(&http::uri::Scheme::HTTP)).then_some(())?;
-            let authority = uri.authority()?.clone();
+            let authority = uri.authority()?;
             // As the client would write it: no user information, the port only when not 80.
             let host = match authority.port_u16() {
                 Some(port) if port != 80 => {
@@ -58,7 +58,7 @@ impl Instance {
             };
             Some(Plain {
                 host: host.ok()?,
-                authority,
+                pool: super::pass::Pool::new(authority)?,
                 prefix: uri.path().trim_end_matches('/').to_owned(),
             })
         });
@@ -96,29 +96,28 @@ impl Instance {
         Some(url)
     }
 
-    /// The URI of `target` (`/path?query`) on an `http://` instance; `None` for `https://` (or
-    /// a target that is no path).
-    pub fn plain_uri_for(&self, target: &str) -> Option<http::Uri> {
-        let Plain {
-            authority, prefix, ..
-        } = self.plain.as_ref()?;
+    /// The URI of `target` (`/path?query`) on an `http://` instance, in origin form (the path
+    /// under the base's own, and the query), as pass-through calls send it; `None` for
+    /// `https://` (or a target that is no path).
+    pub fn plain_target_for(&self, target: &str) -> Option<http::Uri> {
+        let prefix = &self.plain.as_ref()?.prefix;
         let path_and_query = if prefix.is_empty() {
             http::uri::PathAndQuery::try_from(target).ok()?
         } else {
             http::uri::PathAndQuery::try_from([prefix.as_str(), target].concat()).ok()?
         };
-        http::Uri::builder()
-            .scheme(http::uri::Scheme::HTTP)
-            .authority(authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .ok()
+        Some(http::Uri::from(path_and_query))
     }
 
     /// The `Host` of pass-through calls to an `http://` instance, made once: the client would
     /// otherwise format it on every call.
     pub fn plain_host(&self) -> Option<&http::HeaderValue> {
         self.plain.as_ref().map(|p| &p.host)
+    }
+
+    /// The pooled connections of pass-through calls to an `http://` instance.
+    pub(crate) fn plain_pool(&self) -> Option<&super::pass::Pool> {
+        self.plain.as_ref().map(|p| &p.pool)
     }
 
     /// Whether the last health check passed.
@@ -402,7 +401,8 @@ mod tests {
     #[test]
     fn only_plain_http_instances_take_the_pass_through_client() {
         let tls = Instance::new("https://svc.internal", Duration::from_secs(1));
-        assert_eq!(tls.plain_uri_for("/x"), None);
+        assert_eq!(tls.plain_target_for("/x"), None);
+        assert!(tls.plain_pool().is_none());
         assert_eq!(tls.plain_host(), None);
         assert!(tls.url_for("/x").is_some());
     }

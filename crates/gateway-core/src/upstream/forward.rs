@@ -9,8 +9,8 @@ use super::{CallContext, Upstream, UpstreamError};
 
 impl Upstream {
     /// Sends `method target` with `headers` and a streamed `body` to the instance the balancer
-    /// picks, through the circuit breaker and concurrency cap, on a shared pooled client (the
-    /// pass-through client for `http://` instances, the REST client for `https://`). Waits at
+    /// picks, through the circuit breaker and concurrency cap, on pooled connections (the
+    /// instance's own for `http://` instances, the shared REST client's for `https://`). Waits at
     /// most `timeout` for the answer's head; the body is the caller's to stream. Never retried
     /// (the body is consumed); a 5xx answer is an answer, passed on, not an error.
     pub async fn send(
@@ -23,8 +23,8 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Response<Body>, UpstreamError> {
         self.call(ctx, |instance| async move {
-            match instance.plain_uri_for(target) {
-                Some(uri) => {
+            match (instance.plain_pool(), instance.plain_target_for(target)) {
+                (Some(pool), Some(uri)) => {
                     let mut req = Request::new(body);
                     *req.method_mut() = method;
                     *req.uri_mut() = uri;
@@ -33,13 +33,13 @@ impl Upstream {
                         req.headers_mut()
                             .insert(axum::http::header::HOST, host.clone());
                     }
-                    match tokio::time::timeout(timeout, self.pass.request(req)).await {
-                        Ok(Ok(res)) => Ok(res.map(Body::new)),
+                    match tokio::time::timeout(timeout, pool.send(req)).await {
+                        Ok(Ok(res)) => Ok(res),
                         Ok(Err(e)) => Err(failure(&e)),
                         Err(_) => Err(UpstreamError::Timeout),
                     }
                 }
-                None => {
+                _ => {
                     let url = instance
                         .url_for(target)
                         .ok_or_else(|| UpstreamError::Failed("url".into()))?;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use axum::extract::FromRequestParts;
 use axum::http::HeaderValue;
 use axum::http::request::Parts;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tonic::metadata::MetadataValue;
 use tower::retry::budget::{Budget as _, TpsBudget};
@@ -26,6 +25,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod fault;
 pub mod forward;
+mod pass;
 pub mod split;
 
 use crate::auth::Principal;
@@ -100,8 +100,6 @@ pub struct Upstream {
     balance: Balance,
     next: AtomicUsize,
     http: reqwest::Client,
-    /// Pass-through calls to `http://` instances.
-    pass: PassClient,
     breaker: Breaker,
     in_flight: Option<Arc<tokio::sync::Semaphore>>,
     retries: u32,
@@ -460,9 +458,8 @@ impl Upstream {
         variant: &str,
         urls: impl Iterator<Item = &'a String>,
         c: &UpstreamConfig,
-        clients: &Clients,
+        http: &reqwest::Client,
     ) -> Self {
-        let http = &clients.http;
         let timeout = Duration::from_millis(c.timeout_ms);
         let urls: Vec<&String> = urls.collect();
         // With DNS discovery the URLs as written serve until the first resolution, moments later.
@@ -515,7 +512,6 @@ impl Upstream {
             balance: c.balance,
             next: AtomicUsize::new(0),
             http: http.clone(),
-            pass: clients.pass.clone(),
             breaker: Breaker::new(BreakerSettings {
                 failure_threshold: c.breaker_failures,
                 open_for: Duration::from_millis(c.breaker_open_ms),
@@ -538,28 +534,14 @@ impl Upstream {
     }
 }
 
-/// The pooled HTTP/1.1 client of pass-through calls to `http://` instances: bodies stream through
-/// as they are, with none of a REST client's conversions (URL parsing, header copies, redirect
-/// machinery) on the way. `https://` instances go through the REST client.
-pub(crate) type PassClient = hyper_util::client::legacy::Client<
-    CountConnections<hyper_util::client::legacy::connect::HttpConnector>,
-    axum::body::Body,
->;
-
-/// The clients every upstream of a BFF shares, each with one connection pool.
-struct Clients {
-    http: reqwest::Client,
-    pass: PassClient,
-}
-
 /// Every upstream of one BFF, by name.
 pub struct Upstreams {
     by_name: HashMap<String, Arc<Upstream>>,
 }
 
 impl Upstreams {
-    /// Builds the registry: every upstream shares one pooled REST client and one pooled
-    /// pass-through client.
+    /// Builds the registry: every upstream shares one pooled REST client; pass-through calls to
+    /// an `http://` instance use the instance's own pooled connections.
     pub fn new(cfg: &BTreeMap<String, UpstreamConfig>) -> Result<Self, ConfigError> {
         // Installed before the series below are registered, so none is registered nowhere.
         crate::telemetry::metrics_handle();
@@ -574,27 +556,16 @@ impl Upstreams {
             .connector_layer(tower::layer::layer_fn(CountConnections))
             .build()
             .map_err(|e| ConfigError(format!("upstreams: cannot build HTTP client: {e}")))?;
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let pass = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(CountConnections(connector));
-        let clients = Clients { http, pass };
         let by_name = cfg
             .iter()
             .map(|(name, c)| {
                 let primary = std::iter::once(&c.url).chain(&c.instances);
-                let mut up = Upstream::version_of(name, PRIMARY_VARIANT, primary, c, &clients);
+                let mut up = Upstream::version_of(name, PRIMARY_VARIANT, primary, c, &http);
                 if let Some(s) = &c.split {
                     let alternate = std::iter::once(&s.url).chain(&s.instances);
                     up.split = Some(Split {
                         cohort: Cohort::new(&s.name, s.percent),
-                        target: Box::new(Upstream::version_of(
-                            name, &s.name, alternate, c, &clients,
-                        )),
+                        target: Box::new(Upstream::version_of(name, &s.name, alternate, c, &http)),
                     });
                 }
                 (name.clone(), Arc::new(up))
@@ -1134,7 +1105,7 @@ mod tests {
     }
 }
 
-/// Counts the connections the REST and pass-through clients open
+/// Counts the connections the REST client and the pass-through pools open
 /// (`bff_upstream_http_connections_total`): with `bff_upstream_calls_total` of the HTTP upstreams
 /// it gives connection reuse, `1 - connections / calls`.
 #[derive(Clone)]
