@@ -25,7 +25,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::ProxyConfig;
-use crate::edge::ClientIp;
+use crate::edge::EdgeFacts;
 use crate::error::GatewayError;
 use crate::upstream::forward::BODY_TOO_LARGE;
 use crate::upstream::{CallContext, Upstream, UpstreamError, Upstreams};
@@ -201,7 +201,7 @@ impl ProxyRoute {
             target.push('?');
             target.push_str(q);
         }
-        let client_ip = extensions.get::<ClientIp>().map(|c| c.0);
+        let client_ip = extensions.get::<EdgeFacts>().map(|f| f.client_ip.0);
         // The client's URI and header values are slices of its connection's read buffer; none
         // may outlive what the call needs, or the connection reads the next request into a new
         // buffer while this one waits for the backend (8 KB more per connection in flight).
@@ -236,7 +236,7 @@ impl ProxyRoute {
             })?;
         let mut out = answer(res, self.upstream.timeout);
         // For the access line, when there is one.
-        if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        if crate::telemetry::access_lines() {
             let timing = format!(
                 "{}:{}:{:.1}ms",
                 self.upstream.name,

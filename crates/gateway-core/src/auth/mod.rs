@@ -207,11 +207,17 @@ where
 {
     match auth.authenticate(req.headers()).await {
         Ok(principal) => {
-            req.extensions_mut().insert(principal.clone());
-            let mut res = next(req).await;
-            // The access log, outside this layer, names the subject.
-            res.extensions_mut().insert(principal);
-            res
+            // The access line, written outside this layer, names the subject; without access
+            // lines the principal goes with the request only.
+            if crate::telemetry::access_lines() {
+                req.extensions_mut().insert(principal.clone());
+                let mut res = next(req).await;
+                res.extensions_mut().insert(principal);
+                res
+            } else {
+                req.extensions_mut().insert(principal);
+                next(req).await
+            }
         }
         Err(err) => err.into_response(),
     }

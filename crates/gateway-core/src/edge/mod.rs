@@ -31,6 +31,19 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
 /// Longest client-sent request id we keep; anything longer (or not visible ASCII) is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
+/// What the edge established about a request, as one request extension (one insert and one
+/// lookup a request, rather than one per fact): its id, its trace context, the client's address.
+#[derive(Debug, Clone)]
+pub struct EdgeFacts {
+    /// The request's id.
+    pub request_id: RequestId,
+    /// The trace it belongs to; the access log's span replaces it with its own when traces are
+    /// exported.
+    pub trace: TraceContext,
+    /// The client's address.
+    pub client_ip: ClientIp,
+}
+
 /// The request's id, as accepted or assigned.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
@@ -296,10 +309,11 @@ where
     let headers = req.headers_mut();
     remove_where(headers, |name| IDENTITY_HEADERS.contains(&name));
     headers.insert(REQUEST_ID.clone(), id.clone());
-    let ext = req.extensions_mut();
-    ext.insert(RequestId(id.clone()));
-    ext.insert(trace);
-    ext.insert(ClientIp(client));
+    req.extensions_mut().insert(EdgeFacts {
+        request_id: RequestId(id.clone()),
+        trace,
+        client_ip: ClientIp(client),
+    });
 
     let mut res = match refusal(&req, edge.max_uri_bytes) {
         Some(refused) => refused,
@@ -368,7 +382,11 @@ mod tests {
         req.headers_mut().insert(&REQUEST_ID, sent);
         let sent_at = buffer.as_ptr();
         screened(&Edge::default(), req, |req| async move {
-            let id = req.extensions().get::<RequestId>().expect("request id");
+            let id = &req
+                .extensions()
+                .get::<EdgeFacts>()
+                .expect("facts")
+                .request_id;
             assert_eq!(id.0, "client-chosen-id-42");
             assert_ne!(
                 id.0.as_bytes().as_ptr(),

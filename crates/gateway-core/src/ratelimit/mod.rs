@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Principal;
 pub use crate::config::Algorithm;
 use crate::config::{FailureMode, LimitKey, RateLimitConfig};
-use crate::edge::ClientIp;
+use crate::edge::EdgeFacts;
 use crate::error::GatewayError;
 use crate::store::StoreError;
 use crate::upstream::Upstream;
@@ -419,8 +419,8 @@ where
         (LimitKey::Subject, Some(p)) => subject.push_str(&p.subject),
         _ => {
             subject.push_str("ip:");
-            if let Some(ip) = req.extensions().get::<ClientIp>() {
-                crate::edge::push_ip(&mut subject, ip.0);
+            if let Some(facts) = req.extensions().get::<EdgeFacts>() {
+                crate::edge::push_ip(&mut subject, facts.client_ip.0);
             }
         }
     }

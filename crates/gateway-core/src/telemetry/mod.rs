@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::auth::Principal;
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::edge::{RequestId, TraceContext};
+use crate::edge::EdgeFacts;
 use crate::error::ErrorCode;
 use crate::upstream::split::Variants;
 
@@ -101,12 +101,18 @@ pub async fn shutdown_tracing() {
 }
 
 /// Whether request spans are exported.
+/// Whether access lines are written (the `access` target at `info`): what only the line needs
+/// (the subject on the answer, upstream timings) is gathered only then.
+pub(crate) fn access_lines() -> bool {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+}
+
 fn tracing_exported() -> bool {
     TRACER_PROVIDER.get().is_some()
 }
 
 /// The server span of one request, continuing the caller's trace; the request's
-/// [`TraceContext`] then names this span, so every backend call's `traceparent` points at it.
+/// trace context ([`EdgeFacts`]) then names this span, so every backend call's `traceparent` points at it.
 fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::Span {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -121,7 +127,7 @@ fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::S
         http.response.status_code = tracing::field::Empty,
         bff,
     );
-    let Some(trace) = req.extensions().get::<TraceContext>().copied() else {
+    let Some(trace) = req.extensions().get::<EdgeFacts>().map(|f| f.trace) else {
         return span;
     };
     if let Some(parent) = trace.parent_id {
@@ -136,14 +142,16 @@ fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::S
     }
     let context = span.context();
     let own = context.span().span_context().clone();
-    if own.is_valid() {
-        req.extensions_mut().insert(TraceContext {
+    if let Some(facts) = req.extensions_mut().get_mut::<EdgeFacts>()
+        && own.is_valid()
+    {
+        facts.trace = crate::edge::TraceContext {
             trace_id: own.trace_id().to_bytes(),
             span_id: own.span_id().to_bytes(),
             flags: own.trace_flags().to_u8(),
             parent_id: trace.parent_id,
             exported: true,
-        });
+        };
     }
     span
 }
@@ -291,11 +299,13 @@ where
     let route = req.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     // What only the line needs is taken only when the line is written.
-    let line = tracing::enabled!(target: "access", tracing::Level::INFO).then(|| {
+    let line = access_lines().then(|| {
         (
             req.method().clone(),
             req.uri().path().to_owned(),
-            req.extensions().get::<RequestId>().cloned(),
+            req.extensions()
+                .get::<EdgeFacts>()
+                .map(|f| f.request_id.clone()),
         )
     });
     let res = if tracing_exported() {

@@ -31,7 +31,7 @@ pub mod split;
 use crate::auth::Principal;
 use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
-use crate::edge::{RequestId, TraceContext};
+use crate::edge::{EdgeFacts, RequestId, TraceContext};
 use crate::error::GatewayError;
 use balance::{Balance, Instance, InstanceSet};
 use breaker::{Breaker, BreakerSettings, BreakerState};
@@ -625,10 +625,11 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
     type Rejection = GatewayError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let facts = parts.extensions.get::<EdgeFacts>();
         Ok(Self {
             principal: parts.extensions.get::<Principal>().cloned(),
-            request_id: parts.extensions.get::<RequestId>().cloned(),
-            trace: parts.extensions.get::<TraceContext>().copied(),
+            request_id: facts.map(|f| f.request_id.clone()),
+            trace: facts.map(|f| f.trace),
             deadline: parts.extensions.get::<Deadline>().map(|d| d.0),
             variants: parts.extensions.get::<Variants>().cloned(),
         })
