@@ -74,14 +74,15 @@ w("")
 # --- throughput ---
 ng = [rps(f"tput-nginx-{r}") for r in range(1, rounds + 1)]
 gw = [rps(f"tput-gateway-{r}") for r in range(1, rounds + 1)]
-mi = [rps(f"tput-mimalloc-{r}") for r in range(1, rounds + 1)] if meta["allocators"] else []
+mi = [rps(f"tput-alt-{r}") for r in range(1, rounds + 1)] if meta["allocators"] else []
+alloc = {"system": "system allocator"}.get(meta.get("allocator"), meta.get("allocator", "mimalloc"))
 ratios = [g / n for g, n in zip(gw, ng)]
 ratio = statistics.median(ratios)
 w(f"### Throughput: pass-through, {meta['conns']} connections, 1 KB JSON\n")
 head = "| round | nginx req/s | gateway req/s | gateway / nginx | nginx CPU | gateway CPU |"
 sep = "|---|---:|---:|---:|---:|---:|"
 if mi:
-    head += " gateway + mimalloc req/s | mimalloc / system allocator |"
+    head += f" gateway + {alloc} req/s | {alloc} / jemalloc |"
     sep += "---:|---:|"
 w(head)
 w(sep)
@@ -162,8 +163,8 @@ w("|---|---:|---:|---:|")
 w(f"| gateway | {mb(meta['rss_idle_kb']):.1f} MB | {mb(meta['rss_loaded_kb']):.1f} MB | {hc['summary']['requestsPerSec']:,.0f} |")
 if meta["allocators"]:
     w(
-        f"| gateway + mimalloc | {mb(meta['mi_rss_idle_kb']):.1f} MB | {mb(meta['mi_rss_loaded_kb']):.1f} MB "
-        f"| {rps('high-mimalloc'):,.0f} |"
+        f"| gateway + {alloc} | {mb(meta['alt_rss_idle_kb']):.1f} MB | {mb(meta['alt_rss_loaded_kb']):.1f} MB "
+        f"| {rps('high-alt'):,.0f} |"
     )
 w(
     f"| nginx (master and workers) | {mb(meta['nginx_rss_idle_kb']):.1f} MB | {mb(meta['nginx_rss_loaded_kb']):.1f} MB "
@@ -182,10 +183,11 @@ w("### Upstream connection reuse over the throughput rounds\n")
 w("| proxy | requests to the backend | connections opened | reuse |")
 w("|---|---:|---:|---:|")
 reuse_of = {}
-for who in ("nginx", "gateway") + (("mimalloc",) if meta["allocators"] else ()):
+for who in ("nginx", "gateway") + (("alt",) if meta["allocators"] else ()):
     r = reuse[who]
     reuse_of[who] = 1 - r["connections"] / r["requests"] if r["requests"] else 0.0
-    w(f"| {who} | {r['requests']:,} | {r['connections']:,} | {reuse_of[who] * 100:.3f}% |")
+    label = f"gateway + {alloc}" if who == "alt" else who
+    w(f"| {label} | {r['requests']:,} | {r['connections']:,} | {reuse_of[who] * 100:.3f}% |")
 w("")
 
 # --- targets ---

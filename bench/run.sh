@@ -4,7 +4,7 @@
 #
 #   bench/run.sh                 # the whole suite, about 4 minutes after the build
 #   DURATION=5 ROUNDS=1 bench/run.sh   # a quick pass
-#   ALLOCATORS=1 bench/run.sh    # also the gateway built with --features mimalloc, interleaved
+#   ALLOCATORS=1 bench/run.sh    # also the gateway built with another allocator, interleaved
 #
 # Settings (environment):
 #   DURATION     seconds per load run (default 10)
@@ -13,7 +13,8 @@
 #   PIN          1 (default): proxies on CPU 1, load generator and backends on CPU 0, one worker
 #                each; 0: no pinning, as many workers as CPUs for both proxies
 #   ACCESS_LOG   0 (default): no access log in either proxy; 1: both log every request to a file
-#   ALLOCATORS   1: add a gateway built with mimalloc to the throughput rounds
+#   ALLOCATORS   1: add a gateway built with another allocator to the throughput and memory runs
+#   ALLOCATOR    that allocator: system (default; the build uses jemalloc) or mimalloc
 #   SKIP_BUILD   1: use the release binaries already built
 #   OUT          also write the report (markdown) to this file
 #
@@ -27,6 +28,12 @@ CONNS=${CONNS:-64}
 PIN=${PIN:-1}
 ACCESS_LOG=${ACCESS_LOG:-0}
 ALLOCATORS=${ALLOCATORS:-0}
+ALLOCATOR=${ALLOCATOR:-system}
+case "$ALLOCATOR" in
+  system) ALLOCATOR_FLAGS=(--no-default-features) ;;
+  mimalloc) ALLOCATOR_FLAGS=(--features mimalloc) ;;
+  *) echo "ALLOCATOR: system or mimalloc" >&2; exit 2 ;;
+esac
 SKIP_BUILD=${SKIP_BUILD:-0}
 OUT=${OUT:-}
 OHA_VERSION=${OHA_VERSION:-1.16.0}
@@ -65,16 +72,16 @@ fi
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
   if [ "$ALLOCATORS" = 1 ]; then
-    nice -n 10 cargo build --release -q -p bff-mobile --features mimalloc
-    mkdir -p target/bench && cp target/release/bff-mobile target/bench/bff-mobile-mimalloc
+    nice -n 10 cargo build --release -q -p bff-mobile "${ALLOCATOR_FLAGS[@]}"
+    mkdir -p target/bench && cp target/release/bff-mobile "target/bench/bff-mobile-$ALLOCATOR"
   fi
   nice -n 10 cargo build --release -q -p bff-mobile -p demo-backends
 fi
 GATEWAY_BIN=$ROOT/target/release/bff-mobile
 DEMO_BIN=$ROOT/target/release/demo-backends
-MIMALLOC_BIN=$ROOT/target/bench/bff-mobile-mimalloc
+ALT_BIN=$ROOT/target/bench/bff-mobile-$ALLOCATOR
 if [ ! -x "$GATEWAY_BIN" ] || [ ! -x "$DEMO_BIN" ]; then die "release binaries missing (run without SKIP_BUILD=1)"; fi
-[ "$ALLOCATORS" != 1 ] || [ -x "$MIMALLOC_BIN" ] || die "mimalloc build missing (run without SKIP_BUILD=1)"
+[ "$ALLOCATORS" != 1 ] || [ -x "$ALT_BIN" ] || die "$ALLOCATOR build missing (run without SKIP_BUILD=1)"
 
 # === layout ===
 
@@ -179,7 +186,7 @@ EOF
   backend_block "$P_DIRECT" direct
   backend_block "$P_FOR_NGINX" nginx
   backend_block "$P_FOR_GW" gateway
-  backend_block "$P_FOR_GW2" mimalloc
+  backend_block "$P_FOR_GW2" alt
   echo "}"
 } > "$WORK/backend/nginx.conf"
 
@@ -303,9 +310,9 @@ url = "http://127.0.0.1:$P_REST"
 timeout_ms = 400
 EOF
 "$GATEWAY_BIN" check --config "$WORK/gateway.toml" >/dev/null
-# The mimalloc build, when compared, gets its own port and its own backend port (and log).
+# The build with the other allocator, when compared, gets its own port and its own backend port (and log).
 sed -e "s|127.0.0.1:$P_GW\"|127.0.0.1:$P_GW2\"|" -e "s|127.0.0.1:$P_FOR_GW\"|127.0.0.1:$P_FOR_GW2\"|" \
-  "$WORK/gateway.toml" >"$WORK/gateway-mimalloc.toml"
+  "$WORK/gateway.toml" >"$WORK/gateway-alt.toml"
 
 # === start everything ===
 
@@ -326,10 +333,10 @@ start demo "${LOAD_PIN[@]}" "$DEMO_BIN" --grpc-listen "127.0.0.1:$P_GRPC" --rest
 GW_ENV=(env -u RUST_LOG "TOKIO_WORKER_THREADS=$WORKERS")
 start gateway "${PROXY_PIN[@]}" "${GW_ENV[@]}" "$GATEWAY_BIN" --config "$WORK/gateway.toml"
 GW_PID=$LAST_PID
-MI_PID=""
+ALT_PID=""
 if [ "$ALLOCATORS" = 1 ]; then
-  start gateway-mimalloc "${PROXY_PIN[@]}" "${GW_ENV[@]}" "$MIMALLOC_BIN" --config "$WORK/gateway-mimalloc.toml"
-  MI_PID=$LAST_PID
+  start gateway-alt "${PROXY_PIN[@]}" "${GW_ENV[@]}" "$ALT_BIN" --config "$WORK/gateway-alt.toml"
+  ALT_PID=$LAST_PID
 fi
 
 DIRECT_URL="http://127.0.0.1:$P_DIRECT/item.json"
@@ -341,7 +348,7 @@ wait_http "$DIRECT_URL"
 wait_http "$NGINX_URL"
 wait_http "http://127.0.0.1:$P_REST/healthz"
 wait_http "http://127.0.0.1:$P_GW/healthz"
-[ -z "$MI_PID" ] || wait_http "http://127.0.0.1:$P_GW2/healthz"
+[ -z "$ALT_PID" ] || wait_http "http://127.0.0.1:$P_GW2/healthz"
 
 # The answers are the same document through each path.
 for url in "$DIRECT_URL" "$NGINX_URL"; do
@@ -367,7 +374,7 @@ pids_of() { # WHO: the processes whose CPU time a run is charged to
   case $1 in
     nginx) echo "$PROXY_PID" $(pgrep -P "$PROXY_PID") ;;
     gateway) echo "$GW_PID" ;;
-    mimalloc) echo "$MI_PID" ;;
+    alt) echo "$ALT_PID" ;;
     *) echo "$BACKEND_PID" $(pgrep -P "$BACKEND_PID") ;;
   esac
 }
@@ -420,8 +427,8 @@ count_lines() { wc -l <"$WORK/backend/$1.log"; }
 
 # Memory at rest: after start-up and the few requests above.
 RSS_IDLE_KB=$(rss_kb "$GW_PID")
-MI_RSS_IDLE_KB=0
-[ -z "$MI_PID" ] || MI_RSS_IDLE_KB=$(rss_kb "$MI_PID")
+ALT_RSS_IDLE_KB=0
+[ -z "$ALT_PID" ] || ALT_RSS_IDLE_KB=$(rss_kb "$ALT_PID")
 # shellcheck disable=SC2046
 NGINX_RSS_IDLE_KB=$(rss_total_kb $(pids_of nginx))
 
@@ -429,18 +436,18 @@ log "warm-up, and the load generator's ceiling (direct to the backend)"
 load direct-max direct wrk "$DIRECT_URL" -d "${DURATION}s" -c "$CONNS"
 load warm-nginx nginx wrk "$NGINX_URL" -d 2s -c "$CONNS"
 load warm-gateway gateway wrk "$GW_URL" -d 2s -c "$CONNS" -H "$AUTH"
-[ -z "$MI_PID" ] || load warm-mimalloc mimalloc wrk "$GW2_URL" -d 2s -c "$CONNS" -H "$AUTH"
+[ -z "$ALT_PID" ] || load warm-alt alt wrk "$GW2_URL" -d 2s -c "$CONNS" -H "$AUTH"
 
 # Throughput: closed loop, CONNS connections, interleaved so both see the same machine.
-LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines mimalloc)"
+LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt)"
 for r in $(seq "$ROUNDS"); do
   log "throughput round $r/$ROUNDS: nginx"
   load "tput-nginx-$r" nginx wrk "$NGINX_URL" -d "${DURATION}s" -c "$CONNS"
   log "throughput round $r/$ROUNDS: gateway ($(rps "tput-nginx-$r") req/s for nginx)"
   load "tput-gateway-$r" gateway wrk "$GW_URL" -d "${DURATION}s" -c "$CONNS" -H "$AUTH"
-  if [ -n "$MI_PID" ]; then
-    log "throughput round $r/$ROUNDS: gateway with mimalloc"
-    load "tput-mimalloc-$r" mimalloc wrk "$GW2_URL" -d "${DURATION}s" -c "$CONNS" -H "$AUTH"
+  if [ -n "$ALT_PID" ]; then
+    log "throughput round $r/$ROUNDS: gateway with $ALLOCATOR"
+    load "tput-alt-$r" alt wrk "$GW2_URL" -d "${DURATION}s" -c "$CONNS" -H "$AUTH"
   fi
 done
 sleep 1
@@ -453,7 +460,7 @@ d, skips = sys.argv[1], [int(n) for n in sys.argv[2:]]
 def reuse(name, skip):
     lines = [l for l in open(f"{d}/{name}.log").read().split("\n")[skip:] if l.strip()]
     return {"requests": len(lines), "connections": len({l.split()[0] for l in lines})}
-print(json.dumps({n: reuse(n, k) for n, k in zip(("nginx", "gateway", "mimalloc"), skips)}))
+print(json.dumps({n: reuse(n, k) for n, k in zip(("nginx", "gateway", "alt"), skips)}))
 EOF
 }
 reuse_since "$LINES_BEFORE" >"$WORK/results/reuse.json"
@@ -516,7 +523,7 @@ load part-direct demo oha "http://127.0.0.1:$P_REST/content/items/item-001" -z "
 curl -fs -X POST "http://127.0.0.1:$P_REST/admin/reset" >/dev/null
 
 # Memory under HIGH_CONNS connections: RSS (all of a proxy's processes) and open client connections,
-# sampled while they are open; the gateway, then nginx and the mimalloc build for reference.
+# sampled while they are open; the gateway, then nginx and the other allocator's build for reference.
 high_conns() { # WHO PORT URL [ARGS...]: peak RSS in kB and peak open connections, on stdout
   local who=$1 port=$2 url=$3 sampler
   shift 3
@@ -539,14 +546,14 @@ high_conns() { # WHO PORT URL [ARGS...]: peak RSS in kB and peak open connection
   wait "$sampler" 2>/dev/null || true
   cat "$WORK/peak-$who"
 }
-LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines mimalloc)"
+LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt)"
 read -r RSS_LOADED_KB HIGH_OPEN < <(high_conns gateway "$P_GW" "$GW_URL" -H "$AUTH")
 reuse_since "$LINES_BEFORE" >"$WORK/results/reuse-high.json"
 sleep 1
 RSS_AFTER_KB=$(rss_kb "$GW_PID")
 read -r NGINX_RSS_LOADED_KB _ < <(high_conns nginx "$P_NGINX" "$NGINX_URL")
-MI_RSS_LOADED_KB=0
-[ -z "$MI_PID" ] || read -r MI_RSS_LOADED_KB _ < <(high_conns mimalloc "$P_GW2" "$GW2_URL" -H "$AUTH")
+ALT_RSS_LOADED_KB=0
+[ -z "$ALT_PID" ] || read -r ALT_RSS_LOADED_KB _ < <(high_conns alt "$P_GW2" "$GW2_URL" -H "$AUTH")
 
 # === report ===
 
@@ -566,10 +573,10 @@ EOF
 )
 python3 "$BENCH/report.py" "$WORK/results" <<EOF | tee ${OUT:+"$OUT"}
 {"rounds": $ROUNDS, "duration": $DURATION, "conns": $CONNS, "pin": $PIN, "workers": $WORKERS,
- "access_log": $ACCESS_LOG, "allocators": $ALLOCATORS, "rate": $RATE, "high_conns": $HIGH_CONNS,
+ "access_log": $ACCESS_LOG, "allocators": $ALLOCATORS, "allocator": "$ALLOCATOR", "rate": $RATE, "high_conns": $HIGH_CONNS,
  "high_open": $HIGH_OPEN, "fanout_latency_ms": $FANOUT_LATENCY_MS, "rate_gw": $RATE_GW,
  "nginx_rss_idle_kb": $NGINX_RSS_IDLE_KB, "nginx_rss_loaded_kb": $NGINX_RSS_LOADED_KB,
- "mi_rss_idle_kb": $MI_RSS_IDLE_KB, "mi_rss_loaded_kb": $MI_RSS_LOADED_KB,
+ "alt_rss_idle_kb": $ALT_RSS_IDLE_KB, "alt_rss_loaded_kb": $ALT_RSS_LOADED_KB,
  "rss_idle_kb": $RSS_IDLE_KB, "rss_loaded_kb": $RSS_LOADED_KB, "rss_after_kb": $RSS_AFTER_KB,
  "machine": $machine_json}
 EOF

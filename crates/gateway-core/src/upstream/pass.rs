@@ -256,8 +256,21 @@ impl HttpBody for Returning {
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some((shared, sender)) = self.back.take() {
+        let Some((shared, mut sender)) = self.back.take() else {
+            return;
+        };
+        if sender.is_ready() {
             shared.put(sender);
+        } else if !sender.is_closed()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // The exchange is not over (the request's body still going out, say): the
+            // connection goes back when it is, rather than making the next call wait for it.
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    shared.put(sender);
+                }
+            });
         }
     }
 }
