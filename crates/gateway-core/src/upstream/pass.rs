@@ -362,6 +362,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_answer_without_a_body_gives_its_connection_back() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at).expect("pool");
+        let head = http::Request::head("/n")
+            .header(http::header::HOST, at.as_str())
+            .body(Body::empty())
+            .expect("request");
+        let res = pool.send(head).await.expect("answer");
+        assert_eq!(res.status(), 200);
+        drop(res);
+        assert_eq!(
+            pool.idle(),
+            1,
+            "the connection of a HEAD answer was not kept"
+        );
+        let after = text(pool.send(get("/n", &at)).await.expect("answer")).await;
+        assert!(after.starts_with("127.0.0.1:"), "{after}");
+        assert_eq!(pool.idle(), 1);
+    }
+
+    #[tokio::test]
     async fn calls_at_once_get_connections_of_their_own_and_all_come_back() {
         let (at, _) = backend().await;
         let pool = Pool::new(&at).expect("pool");
