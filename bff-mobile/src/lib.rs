@@ -9,6 +9,7 @@
 //! | `GET /api/home-feed` | `feed:read` | content (required), recommendations, ads | 30 s per user |
 //! | `GET /api/v2/start` | `profile:read` and `feed:read` | all six of the above, at once | 30 s per user |
 
+mod compress;
 mod version;
 
 use std::sync::{Arc, LazyLock};
@@ -112,8 +113,12 @@ pub fn app(gw: Gw) -> Router {
             Arc::new(minimum),
             version::enforce,
         ));
-    gw.router(api)
-        .layer(CompressionLayer::new().gzip(true).br(true))
+    gw.router(api).layer(
+        CompressionLayer::new()
+            .gzip(true)
+            .br(true)
+            .compress_when(compress::Compressible),
+    )
 }
 
 /// `GET /api/v2/user/profile`: user, subscription and preferences in one compact object.
