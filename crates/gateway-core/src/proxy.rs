@@ -347,6 +347,24 @@ mod tests {
         }
     }
 
+    /// `/api` with the prefix rewritten to `/`, to `backend` served on a free port.
+    async fn route_to(backend: axum::Router) -> ProxyRoute {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, backend).await });
+        let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
+            "catalog".to_owned(),
+            crate::config::UpstreamConfig::at(&url),
+        )]))
+        .expect("upstreams");
+        ProxyRoute {
+            upstream: upstreams.get("catalog").expect("catalog"),
+            ..route("/api", Some("/"))
+        }
+    }
+
     #[test]
     fn prefixes_are_rewritten_on_segment_boundaries() {
         let keep = route("/api/catalog", None);
@@ -383,10 +401,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_redirect_reaches_the_client_unfollowed() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = hits.clone();
         let backend = axum::Router::new()
@@ -403,16 +417,7 @@ mod tests {
                     "followed"
                 }),
             );
-        tokio::spawn(async move { axum::serve(listener, backend).await });
-        let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
-            "catalog".to_owned(),
-            crate::config::UpstreamConfig::at(&url),
-        )]))
-        .expect("upstreams");
-        let route = ProxyRoute {
-            upstream: upstreams.get("catalog").expect("catalog"),
-            ..route("/api", Some("/"))
-        };
+        let route = route_to(backend).await;
         let req = Request::get("/api/old")
             .body(Body::empty())
             .expect("request");
@@ -447,20 +452,7 @@ mod tests {
                 "ok"
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, backend).await });
-        let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
-            "catalog".to_owned(),
-            crate::config::UpstreamConfig::at(&url),
-        )]))
-        .expect("upstreams");
-        let route = ProxyRoute {
-            upstream: upstreams.get("catalog").expect("catalog"),
-            ..route("/api", Some("/"))
-        };
+        let route = route_to(backend).await;
         let res = route.forward(CallContext::detached(), req).await;
         assert_eq!(res.status(), StatusCode::OK);
         assert!(

@@ -393,7 +393,8 @@ impl Gathered {
         Shaped {
             body: Value::Object(body),
             degraded: self.degraded(),
-            upstreams: Some(self.timings()),
+            // Formatted only for the access line.
+            upstreams: crate::telemetry::access_lines().then(|| self.timings()),
         }
     }
 

@@ -381,7 +381,7 @@ mod tests {
         let mut req = Request::new(axum::body::Body::empty());
         req.headers_mut().insert(&REQUEST_ID, sent);
         let sent_at = buffer.as_ptr();
-        screened(&Edge::default(), req, |req| async move {
+        let res = screened(&Edge::default(), req, |req| async move {
             let id = &req
                 .extensions()
                 .get::<EdgeFacts>()
@@ -396,6 +396,8 @@ mod tests {
             Response::new(axum::body::Body::empty())
         })
         .await;
+        // The checks above ran: the request reached the rest of the pipeline.
+        assert_eq!(res.status(), axum::http::StatusCode::OK);
     }
 
     #[test]

@@ -100,19 +100,19 @@ pub async fn shutdown_tracing() {
     }
 }
 
-/// Whether request spans are exported.
 /// Whether access lines are written (the `access` target at `info`): what only the line needs
 /// (the subject on the answer, upstream timings) is gathered only then.
 pub(crate) fn access_lines() -> bool {
     tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
+/// Whether request spans are exported.
 fn tracing_exported() -> bool {
     TRACER_PROVIDER.get().is_some()
 }
 
-/// The server span of one request, continuing the caller's trace; the request's
-/// trace context ([`EdgeFacts`]) then names this span, so every backend call's `traceparent` points at it.
+/// The server span of one request, continuing the caller's trace; the request's trace context
+/// ([`EdgeFacts`]) then names this span, so every backend call's `traceparent` points at it.
 fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::Span {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
