@@ -21,6 +21,7 @@ use axum::middleware;
 use axum::routing::get;
 use backend_clients as backends;
 use gateway_core::aggregate::shape::{Fields, Shape};
+use gateway_core::app::App;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL, ProxyConfig};
 use gateway_core::{
     ApiResponse, CallContext, FanOut, Gateway, GatewayError, Gathered, Need, RequireScopeLayer,
@@ -93,7 +94,7 @@ pub fn defaults() -> Config<MobileClient> {
 type Gw = Gateway<MobileClient>;
 
 /// The whole mobile router: routes, then the shared pipeline, then compression.
-pub fn app(gw: Gw) -> Router {
+pub fn app(gw: Gw) -> App {
     let minimum = version::Minimum::parse(&gw.config.client.min_client_version);
     let api = Router::new()
         .route(

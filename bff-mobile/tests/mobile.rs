@@ -652,6 +652,9 @@ async fn metrics_show_every_series_after_a_short_load() {
             StatusCode::OK
         );
     }
+    // A pass-through route is named by its pattern, as the others are.
+    let res = get(&bff, "/api/catalog/items/item-018", &token).await;
+    assert_eq!(res.status(), StatusCode::OK);
     let text = reqwest::get(format!("{}/metrics", bff.url))
         .await
         .expect("metrics")
@@ -661,6 +664,7 @@ async fn metrics_show_every_series_after_a_short_load() {
     for series in [
         r#"bff_requests_total{bff="bff-mobile",route="/api/v2/user/profile",status="200"}"#,
         r#"bff_request_duration_seconds_bucket{bff="bff-mobile",route="/api/v2/user/profile""#,
+        r#"bff_requests_total{bff="bff-mobile",route="/api/catalog/{*rest}",status="200"}"#,
         r#"bff_upstream_calls_total{upstream="user",variant="primary",outcome="ok"}"#,
         r#"bff_upstream_calls_total{upstream="content",variant="primary",outcome="ok"}"#,
         r#"bff_ratelimit_decisions_total{bff="bff-mobile",decision="allowed",mode="memory"}"#,

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::routing::{get, post};
 use gateway_core::Gateway;
+use gateway_core::app::App;
 use gateway_core::config::{
     Algorithm, AuthMode, Config, DEV_GRPC_URL, FailureMode, PolicyConfig, QuotaConfig,
 };
@@ -64,7 +65,7 @@ pub fn defaults() -> Config<PartnerClient> {
 }
 
 /// The whole partner router.
-pub fn app(gw: Gateway<PartnerClient>) -> Router {
+pub fn app(gw: Gateway<PartnerClient>) -> App {
     let api = Router::new()
         .route(
             "/v1/subscriptions",

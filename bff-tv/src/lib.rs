@@ -13,6 +13,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use backend_clients as backends;
+use gateway_core::app::App;
 use gateway_core::config::{Config, DEV_REST_URL};
 use gateway_core::{
     ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer,
@@ -60,7 +61,7 @@ pub fn defaults() -> Config<TvClient> {
 type Gw = Gateway<TvClient>;
 
 /// The whole TV router.
-pub fn app(gw: Gw) -> Router {
+pub fn app(gw: Gw) -> App {
     let api = Router::new().route(HOME, get(home).layer(RequireScopeLayer::new("feed:read")));
     gw.router(api)
 }

@@ -18,6 +18,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::routing::get;
 use axum::{Extension, Router};
 use backend_clients as backends;
+use gateway_core::app::App;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL};
 use gateway_core::{
     ApiResponse, CallContext, FanOut, Gateway, GatewayError, Need, RequireScopeLayer,
@@ -84,7 +85,7 @@ pub(crate) type Gw = Gateway<WebClient>;
 
 /// The whole web router: routes, the shared pipeline, and CORS outermost so preflights are
 /// answered without credentials.
-pub fn app(gw: Gw) -> Router {
+pub fn app(gw: Gw) -> App {
     let origins: Vec<HeaderValue> = gw
         .config
         .client

@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use axum::Router;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::server::{Gateway, shutdown_signal};
 use crate::telemetry;
@@ -31,8 +31,8 @@ pub struct Bff<C: 'static> {
     pub defaults: fn() -> Config<C>,
     /// Upstreams the routes call; each must be configured.
     pub upstreams: &'static [&'static str],
-    /// Builds the whole router from a gateway.
-    pub app: fn(Gateway<C>) -> Router,
+    /// Builds the whole application from a gateway.
+    pub app: fn(Gateway<C>) -> App,
 }
 
 impl<C> Bff<C>

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cli;

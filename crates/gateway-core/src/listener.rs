@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -33,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use crate::app::App;
 use crate::config::{ConfigError, ServerConfig, TlsConfig};
 
 /// HTTP/2 streams a client may reset before the server answered them, pending at once.
@@ -147,12 +147,13 @@ fn acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, ConfigError> {
 /// Serves `app` on `listener` until `shutdown` resolves; then calls `on_drain`, stops accepting,
 /// lets in-flight requests finish within the grace period, and returns.
 pub async fn serve(
-    app: Router,
+    app: impl Into<App>,
     listener: TcpListener,
     conns: Connections,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_drain: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
+    let app: App = app.into();
     let builder = conns.builder();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(conns.max_connections));

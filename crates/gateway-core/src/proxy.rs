@@ -115,6 +115,72 @@ fn strip(headers: &mut HeaderMap, stripped: fn(&str) -> bool) {
     }
 }
 
+/// The pass-through routes by prefix, longest first, so that a nested prefix wins over the one
+/// it lies in. A prefix takes the path equal to it and the paths below it on a segment boundary
+/// with something after the `/`: `/api/catalog` and `/api/catalog/items`, not `/api/catalog/`
+/// nor `/api/catalogue`.
+pub struct ProxyTable {
+    entries: Vec<ProxyEntry>,
+}
+
+struct ProxyEntry {
+    route: Arc<ProxyRoute>,
+    /// The route pattern in metrics, logs and `ratelimit.routes` for the prefix itself...
+    exact: RoutePattern,
+    /// ...and for the paths below it.
+    below: RoutePattern,
+}
+
+/// The pattern of the pass-through route a request was matched to (`/api/catalog/{*rest}`), in
+/// its extensions as axum's `MatchedPath` is for the other routes.
+#[derive(Debug, Clone)]
+pub(crate) struct RoutePattern(pub(crate) Arc<str>);
+
+/// The route pattern a request was matched to: a pass-through route's or axum's.
+pub(crate) fn route_pattern(extensions: &axum::http::Extensions) -> Option<&str> {
+    match extensions.get::<RoutePattern>() {
+        Some(p) => Some(&p.0),
+        None => extensions
+            .get::<axum::extract::MatchedPath>()
+            .map(axum::extract::MatchedPath::as_str),
+    }
+}
+
+impl ProxyTable {
+    /// The table of `routes`.
+    pub fn new(routes: &[Arc<ProxyRoute>]) -> Self {
+        let mut entries: Vec<ProxyEntry> = routes
+            .iter()
+            .map(|route| ProxyEntry {
+                exact: RoutePattern(route.prefix.as_str().into()),
+                below: RoutePattern(format!("{}/{{*rest}}", route.prefix).into()),
+                route: route.clone(),
+            })
+            .collect();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.route.prefix.len()));
+        Self { entries }
+    }
+
+    /// Whether there are no pass-through routes.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The route that takes `path`, and its pattern.
+    pub(crate) fn find(&self, path: &str) -> Option<(&Arc<ProxyRoute>, &RoutePattern)> {
+        self.entries.iter().find_map(|e| {
+            let rest = path.strip_prefix(e.route.prefix.as_str())?;
+            if rest.is_empty() {
+                Some((&e.route, &e.exact))
+            } else if rest.len() > 1 && rest.starts_with('/') {
+                Some((&e.route, &e.below))
+            } else {
+                None
+            }
+        })
+    }
+}
+
 /// One pass-through route, resolved against the upstreams.
 pub struct ProxyRoute {
     /// The prefix it serves.

@@ -10,12 +10,14 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
 
 use crate::aggregate::{ApiResponse, CacheStatus, Shaped};
+use crate::app::App;
 use crate::auth::apikey::{
     ApiKeyStore, KeyHash, LayeredApiKeyStore, MemoryApiKeyStore, RedisApiKeyStore,
 };
@@ -26,7 +28,7 @@ use crate::config::{AuthMode, Config, ConfigError};
 use crate::error::GatewayError;
 use crate::idempotency::Idempotency;
 use crate::listener::Connections;
-use crate::proxy::ProxyRoute;
+use crate::proxy::{ProxyRoute, ProxyTable};
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
 use crate::stage::{Stage, StageLayer};
 use crate::store::Redis;
@@ -197,9 +199,11 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
 }
 
 impl<C: Send + Sync + 'static> Gateway<C> {
-    /// Wraps a BFF's API routes in the pipeline and adds the operational endpoints.
+    /// Wraps a BFF's API routes in the pipeline and adds the operational endpoints and the
+    /// pass-through routes.
     ///
-    /// Routing (matching the path to a route) comes first and does nothing else. Then, outermost
+    /// Routing (matching the path to a route) comes first and does nothing else: a pass-through
+    /// route's prefix takes its paths ahead of axum's router (see [`App`]). Then, outermost
     /// first, with the reason for each position:
     /// 1. edge hygiene: request id and trace context exist before anything logs; identity headers a
     ///    client forged are gone before anything reads them; then the path check, before any
@@ -209,60 +213,57 @@ impl<C: Send + Sync + 'static> Gateway<C> {
     /// 3. deadline and body limit: bound the work any request can cause;
     /// 4. authentication (API routes only): before limits, so limits apply per subject;
     /// 5. rate limit: after authentication, before any cache or upstream work;
-    /// 6. the route: cache lookup, fan-out, shaping.
+    /// 6. the route: cache lookup, fan-out, shaping; or the forward of a pass-through route.
     ///
     /// 1 to 3 run as one layer, and 4 and 5 as another: every layer costs each request a boxed
-    /// future and a clone of the service it wraps.
-    pub fn router(&self, api: Router<Gateway<C>>) -> Router {
+    /// future and a clone of the service it wraps. A pass-through route runs all six as one
+    /// future.
+    pub fn router(&self, api: Router<Gateway<C>>) -> App {
         self.router_with_public(api, Router::new())
     }
 
     /// As [`Gateway::router`], plus `public` routes that skip authentication and rate limits
     /// (an API description, say) but get everything else: edge hygiene, access log, bounds.
-    pub fn router_with_public(
-        &self,
-        api: Router<Gateway<C>>,
-        public: Router<Gateway<C>>,
-    ) -> Router {
-        let mut api = api;
-        for route in &self.proxies {
-            let handler = {
-                let route = route.clone();
-                move |ctx: CallContext, req: Request| async move { route.forward(ctx, req).await }
-            };
-            api = api
-                .route(&route.prefix, any(handler.clone()))
-                .route(&format!("{}/{{*rest}}", route.prefix), any(handler));
-        }
-        let api = api.with_state(self.clone()).layer(StageLayer::new(Guard {
+    pub fn router_with_public(&self, api: Router<Gateway<C>>, public: Router<Gateway<C>>) -> App {
+        let guard = Arc::new(Guard {
             auth: self.auth.clone(),
             limiter: self.limiter.clone(),
-        }));
+        });
+        let outer = Arc::new(Outer {
+            edge: self.edge.clone(),
+            log: telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
+            bounds: Bounds {
+                timeout: Duration::from_millis(self.config.server.request_timeout_ms),
+                body_limit: self.config.server.body_limit_bytes,
+                body_idle: Duration::from_millis(self.config.server.body_read_timeout_ms),
+            },
+        });
+        let api = api
+            .with_state(self.clone())
+            .layer(StageLayer::<Guard>::new(guard.clone()));
         let ops = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz::<C>))
             .route("/metrics", get(metrics))
             .merge(public)
             .with_state(self.clone());
-        ops.merge(api)
+        let router = ops
+            .merge(api)
             .fallback(|| async { GatewayError::NotFound("such route".into()) })
             .method_not_allowed_fallback(|| async { GatewayError::MethodNotAllowed })
             .layer(
                 ServiceBuilder::new()
-                    .layer(StageLayer::new(Outer {
-                        edge: self.edge.clone(),
-                        log: telemetry::AccessLog::new(self.bff, self.upstreams.has_splits()),
-                        bounds: Bounds {
-                            timeout: Duration::from_millis(self.config.server.request_timeout_ms),
-                            body_limit: self.config.server.body_limit_bytes,
-                            body_idle: Duration::from_millis(
-                                self.config.server.body_read_timeout_ms,
-                            ),
-                        },
-                    }))
+                    .layer(StageLayer::<Outer>::new(outer.clone()))
                     // Bodies read by extractors are bounded even when no length was declared.
                     .layer(DefaultBodyLimit::max(self.config.server.body_limit_bytes)),
-            )
+            );
+        let table = Arc::new(ProxyTable::new(&self.proxies));
+        let passes = PassThroughs(Arc::new(PassStages {
+            table: table.clone(),
+            outer,
+            guard,
+        }));
+        App::new(router, table, BoxCloneSyncService::new(passes))
     }
 
     /// Whether `/readyz` answers 200.
@@ -422,6 +423,52 @@ impl Stage for Outer {
     }
 }
 
+/// The pass-through routes' whole pipeline ([`Outer`], [`Guard`], the forward) as one service.
+#[derive(Clone)]
+struct PassThroughs(Arc<PassStages>);
+
+struct PassStages {
+    table: Arc<ProxyTable>,
+    outer: Arc<Outer>,
+    guard: Arc<Guard>,
+}
+
+impl tower::Service<Request> for PassThroughs {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let stages = self.0.clone();
+        Box::pin(async move { Ok(stages.serve(req).await) })
+    }
+}
+
+impl PassStages {
+    async fn serve(&self, mut req: Request) -> Response {
+        // [`App`] sends only paths the table takes.
+        let Some((route, pattern)) = self.table.find(req.uri().path()) else {
+            return GatewayError::NotFound("such route".into()).into_response();
+        };
+        req.extensions_mut().insert(pattern.clone());
+        self.outer
+            .run(req, |req| {
+                self.guard.run(req, |req| {
+                    let ctx = CallContext::of(req.extensions());
+                    route.forward(ctx, req)
+                })
+            })
+            .await
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Bounds {
     timeout: Duration,
@@ -486,7 +533,7 @@ where
 /// `grace`, and returns. Gateways use [`crate::listener::serve`] with their own
 /// [`Gateway::connections`].
 pub async fn serve(
-    app: Router,
+    app: impl Into<App>,
     listener: TcpListener,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -25,8 +25,9 @@ pub(crate) trait Stage: Send + Sync + 'static {
 pub(crate) struct StageLayer<T>(Arc<T>);
 
 impl<T> StageLayer<T> {
-    pub(crate) fn new(stage: T) -> Self {
-        Self(Arc::new(stage))
+    /// A layer running `stage` (shared, when something else runs it too).
+    pub(crate) fn new(stage: impl Into<Arc<T>>) -> Self {
+        Self(stage.into())
     }
 }
 

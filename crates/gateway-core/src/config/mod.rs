@@ -591,7 +591,8 @@ impl Default for CacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Path prefix, matched on segment boundaries: `/api/catalog` takes `/api/catalog` and
-    /// `/api/catalog/...`, not `/api/catalogue`.
+    /// `/api/catalog/...`, not `/api/catalogue`, ahead of the BFF's own routes; of two nested
+    /// prefixes, the longer takes its paths.
     pub prefix: String,
     /// Name of the `[upstreams.NAME]` (HTTP) that answers.
     pub upstream: String,
@@ -1372,6 +1373,15 @@ impl<C> Config<C> {
                     i,
                     "prefix",
                     "must be a path like /api/catalog (no trailing /, no dot segments)",
+                    &p.prefix,
+                );
+            }
+            if matches!(p.prefix.as_str(), "/healthz" | "/readyz" | "/metrics") {
+                // A prefix takes its paths ahead of every other route.
+                return bad(
+                    i,
+                    "prefix",
+                    "must not take the gateway's own /healthz, /readyz or /metrics",
                     &p.prefix,
                 );
             }

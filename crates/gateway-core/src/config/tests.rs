@@ -202,6 +202,8 @@ fn proxy_routes_are_checked_and_named() {
         ("prefix = \"/api/../admin\"", "proxy[0].prefix"),
         ("prefix = \"/api/%2e\"", "proxy[0].prefix"),
         ("prefix = \"/\"", "proxy[0].prefix"),
+        ("prefix = \"/metrics\"", "proxy[0].prefix"),
+        ("prefix = \"/healthz\"", "proxy[0].prefix"),
         ("prefix = \"/a\"\nrewrite = \"b\"", "proxy[0].rewrite"),
         ("prefix = \"/a\"\nmethods = [\"get\"]", "proxy[0].methods"),
         ("prefix = \"/a\"\nmethods = []", "proxy[0].methods"),

@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -400,10 +400,7 @@ where
     Fut: Future<Output = Response>,
 {
     let principal = req.extensions().get::<Principal>();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str);
+    let route = crate::proxy::route_pattern(req.extensions());
     let policy = limiter
         .resolve(route, principal.and_then(|p| p.tier.as_deref()))
         .in_force();

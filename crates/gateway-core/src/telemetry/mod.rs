@@ -17,6 +17,7 @@ use crate::auth::Principal;
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::edge::EdgeFacts;
 use crate::error::ErrorCode;
+use crate::proxy::RoutePattern;
 use crate::upstream::split::Variants;
 
 /// Latency buckets (seconds), from sub-millisecond cache hits to slow fan-outs.
@@ -296,8 +297,18 @@ where
         req.extensions_mut().insert(v.clone());
         v
     });
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // Held for the span and the line (both patterns are shared strings): the request goes on
+    // to the rest of the pipeline.
+    let pass = req.extensions().get::<RoutePattern>().cloned();
+    let matched = match pass {
+        Some(_) => None,
+        None => req.extensions().get::<MatchedPath>().cloned(),
+    };
+    let route = match (&pass, &matched) {
+        (Some(p), _) => &*p.0,
+        (None, Some(m)) => m.as_str(),
+        (None, None) => "unmatched",
+    };
     // What only the line needs is taken only when the line is written.
     let line = access_lines().then(|| {
         (

@@ -625,18 +625,23 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
     type Rejection = GatewayError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let facts = parts.extensions.get::<EdgeFacts>();
-        Ok(Self {
-            principal: parts.extensions.get::<Principal>().cloned(),
-            request_id: facts.map(|f| f.request_id.clone()),
-            trace: facts.map(|f| f.trace),
-            deadline: parts.extensions.get::<Deadline>().map(|d| d.0),
-            variants: parts.extensions.get::<Variants>().cloned(),
-        })
+        Ok(Self::of(&parts.extensions))
     }
 }
 
 impl CallContext {
+    /// The context the pipeline left in a request's `extensions`.
+    pub fn of(extensions: &axum::http::Extensions) -> Self {
+        let facts = extensions.get::<EdgeFacts>();
+        Self {
+            principal: extensions.get::<Principal>().cloned(),
+            request_id: facts.map(|f| f.request_id.clone()),
+            trace: facts.map(|f| f.trace),
+            deadline: extensions.get::<Deadline>().map(|d| d.0),
+            variants: extensions.get::<Variants>().cloned(),
+        }
+    }
+
     /// A context for calls made outside any request (health checks, tests).
     pub fn detached() -> Self {
         Self {
