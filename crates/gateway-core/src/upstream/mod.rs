@@ -178,9 +178,9 @@ impl Upstream {
             .map(|f| f.draw())
             .filter(|i| i.delay.is_some() || i.error);
         let result = match injected {
+            // Boxed: calls without injected faults carry no room for them.
             Some(injected) => {
-                self.call_with_faults(injected, instance.clone(), make)
-                    .await
+                Box::pin(self.call_with_faults(injected, instance.clone(), make)).await
             }
             None => make(instance.clone()).await,
         };

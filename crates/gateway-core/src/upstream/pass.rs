@@ -112,7 +112,8 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: a call that finds an idle connection carries no room for opening one.
+        let mut sender = Box::pin(self.connect()).await?;
         let res = sender.send_request(req).await?;
         Ok(self.returning(sender, res))
     }
