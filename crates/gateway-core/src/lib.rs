@@ -24,7 +24,9 @@
 //! ```
 //!
 //! Modules follow the stages: [`edge`], [`auth`], [`ratelimit`], [`cache`], [`upstream`],
-//! [`aggregate`], with [`config`], [`telemetry`], [`error`] and [`server`] around them.
+//! [`aggregate`], with [`config`], [`telemetry`], [`error`] and [`server`] around them. A
+//! pass-through route ([`proxy`]) takes the same stages up to the rate limit, then forwards the
+//! request as it is; [`app`] serves those routes ahead of axum's router.
 
 #![warn(missing_docs)]
 

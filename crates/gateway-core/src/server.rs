@@ -446,26 +446,30 @@ impl tower::Service<Request> for PassThroughs {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let stages = self.0.clone();
-        Box::pin(async move { Ok(stages.serve(req).await) })
+        Box::pin(self.0.clone().serve(req))
     }
 }
 
 impl PassStages {
-    async fn serve(&self, mut req: Request) -> Response {
+    async fn serve(
+        self: Arc<Self>,
+        mut req: Request,
+    ) -> Result<Response, std::convert::Infallible> {
         // [`App`] sends only paths the table takes.
         let Some((route, pattern)) = self.table.find(req.uri().path()) else {
-            return GatewayError::NotFound("such route".into()).into_response();
+            return Ok(GatewayError::NotFound("such route".into()).into_response());
         };
         req.extensions_mut().insert(pattern.clone());
-        self.outer
+        let res = self
+            .outer
             .run(req, |req| {
                 self.guard.run(req, |req| {
                     let ctx = CallContext::of(req.extensions());
                     route.forward(ctx, req)
                 })
             })
-            .await
+            .await;
+        Ok(res)
     }
 }
 
@@ -502,19 +506,23 @@ fn idle_bounded(body: axum::body::Body, idle: Duration) -> axum::body::Body {
 pub struct BodyTimedOut;
 
 /// Refuses a declared body over the limit before reading it, and bounds the time to produce the
-/// response head (a streamed body, such as server-sent events, is not cut by this bound).
-async fn bounds<N, F>(b: Bounds, mut req: Request, next: N) -> Response
+/// response head (a streamed body, such as server-sent events, is not cut by this bound). Not an
+/// `async fn`, so that its future does not hold the request beside the rest's future.
+fn bounds<N, F>(b: Bounds, mut req: Request, next: N) -> impl Future<Output = Response>
 where
     N: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
+    use futures::future::Either;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > b.body_limit as u64) {
-        return GatewayError::PayloadTooLarge.into_response();
+        return Either::Left(std::future::ready(
+            GatewayError::PayloadTooLarge.into_response(),
+        ));
     }
     req.extensions_mut()
         .insert(Deadline(Instant::now() + b.timeout));
@@ -522,10 +530,14 @@ where
         let body = std::mem::take(req.body_mut());
         *req.body_mut() = idle_bounded(body, b.body_idle);
     }
-    match tokio::time::timeout(b.timeout, next(req)).await {
-        Ok(res) => res,
-        Err(_) => GatewayError::UpstreamTimeout("request".into()).into_response(),
-    }
+    // A combinator, not an `async` block: a block would keep the future it awaits twice.
+    Either::Right(futures::FutureExt::map(
+        tokio::time::timeout(b.timeout, next(req)),
+        |bounded| match bounded {
+            Ok(res) => res,
+            Err(_) => GatewayError::UpstreamTimeout("request".into()).into_response(),
+        },
+    ))
 }
 
 /// Serves `app` on `listener` with the default connection bounds, plain HTTP, until `shutdown`

@@ -278,7 +278,11 @@ pub async fn hygiene(State(edge): State<Edge>, req: Request, next: Next) -> Resp
 
 /// What [`hygiene`] does, around `next` (the rest of the pipeline), so that the gateway can run
 /// it with the access log and the request bounds as one layer.
-pub async fn screened<F, Fut>(edge: &Edge, mut req: Request, next: F) -> Response
+///
+/// Not an `async fn`: its work before the rest of the pipeline is done when it is called, so the
+/// future it returns holds the rest's future and the two headers, not the request as well (an
+/// `async fn` keeps room for its arguments beside the futures it awaits).
+pub fn screened<F, Fut>(edge: &Edge, mut req: Request, next: F) -> impl Future<Output = Response>
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -315,14 +319,17 @@ where
         client_ip: ClientIp(client),
     });
 
-    let mut res = match refusal(&req, edge.max_uri_bytes) {
-        Some(refused) => refused,
-        None => next(req).await,
+    let answer = match refusal(&req, edge.max_uri_bytes) {
+        Some(refused) => futures::future::Either::Left(std::future::ready(refused)),
+        None => futures::future::Either::Right(next(req)),
     };
-    let headers = res.headers_mut();
-    headers.insert(REQUEST_ID.clone(), id);
-    headers.insert(TRACEPARENT.clone(), trace.header_value());
-    res
+    // A combinator, not an `async` block: a block would keep the future it awaits twice.
+    futures::FutureExt::map(answer, move |mut res| {
+        let headers = res.headers_mut();
+        headers.insert(REQUEST_ID.clone(), id);
+        headers.insert(TRACEPARENT.clone(), trace.header_value());
+        res
+    })
 }
 
 /// The answer to a request whose target is overlong or ambiguous, if it is.

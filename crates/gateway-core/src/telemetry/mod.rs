@@ -284,12 +284,16 @@ pub async fn access_log(State(log): State<AccessLog>, req: Request, next: Next) 
 }
 
 /// What [`access_log`] does, around `next` (the rest of the pipeline), so that the gateway can
-/// run it and the request bounds as one layer.
-pub async fn logged<F, Fut>(log: &AccessLog, mut req: Request, next: F) -> Response
+/// run it and the request bounds as one layer. Not an `async fn`: what it notes of the request
+/// is taken when it is called, so its future holds the rest's future and those notes, not the
+/// request as well.
+pub fn logged<F, Fut>(log: &AccessLog, mut req: Request, next: F) -> impl Future<Output = Response>
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
+    use futures::future::Either;
+    use tracing::Instrument;
     let bff = log.bff;
     let start = Instant::now();
     let variants = log.variants.then(|| {
@@ -297,17 +301,11 @@ where
         req.extensions_mut().insert(v.clone());
         v
     });
-    // Held for the span and the line (both patterns are shared strings): the request goes on
-    // to the rest of the pipeline.
+    // Held for the span and the line (both patterns are shared strings).
     let pass = req.extensions().get::<RoutePattern>().cloned();
     let matched = match pass {
         Some(_) => None,
         None => req.extensions().get::<MatchedPath>().cloned(),
-    };
-    let route = match (&pass, &matched) {
-        (Some(p), _) => &*p.0,
-        (None, Some(m)) => m.as_str(),
-        (None, None) => "unmatched",
     };
     // What only the line needs is taken only when the line is written.
     let line = access_lines().then(|| {
@@ -319,42 +317,55 @@ where
                 .map(|f| f.request_id.clone()),
         )
     });
-    let res = if tracing_exported() {
-        use tracing::Instrument;
-        let span = request_span(&mut req, route, bff);
-        let res = next(req).instrument(span.clone()).await;
-        span.record("http.response.status_code", res.status().as_u16());
-        res
+    let (call, span) = if tracing_exported() {
+        let span = request_span(&mut req, route_of(&pass, &matched), bff);
+        (Either::Left(next(req).instrument(span.clone())), Some(span))
     } else {
-        next(req).await
+        (Either::Right(next(req)), None)
     };
-    let elapsed = start.elapsed();
-    let status = res.status().as_u16();
-    if let Some((method, path, request_id)) = line {
-        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());
-        let variants = variants.map(|v| v.render());
-        tracing::info!(
-            target: "access",
-            bff,
-            method = %method,
-            path = %path,
-            route = %route,
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = request_id.as_ref().and_then(|r| r.0.to_str().ok()).unwrap_or(""),
-            subject = res.extensions().get::<Principal>().map_or("", |p| &*p.subject),
-            problem = res.extensions().get::<ErrorCode>().map_or("", |c| c.0),
-            cache = header("x-cache").unwrap_or(""),
-            degraded = header("x-degraded").unwrap_or(""),
-            variants = variants.as_deref().unwrap_or(""),
-            upstreams = res
-                .extensions()
-                .get::<crate::aggregate::UpstreamTimings>()
-                .map_or("", |t| &*t.0),
-        );
+    // A combinator, not an `async` block: a block would keep the future it awaits twice.
+    futures::FutureExt::map(call, move |res| {
+        if let Some(span) = span {
+            span.record("http.response.status_code", res.status().as_u16());
+        }
+        let route = route_of(&pass, &matched);
+        let elapsed = start.elapsed();
+        let status = res.status().as_u16();
+        if let Some((method, path, request_id)) = line {
+            let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok());
+            let variants = variants.map(|v| v.render());
+            tracing::info!(
+                target: "access",
+                bff,
+                method = %method,
+                path = %path,
+                route = %route,
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = request_id.as_ref().and_then(|r| r.0.to_str().ok()).unwrap_or(""),
+                subject = res.extensions().get::<Principal>().map_or("", |p| &*p.subject),
+                problem = res.extensions().get::<ErrorCode>().map_or("", |c| c.0),
+                cache = header("x-cache").unwrap_or(""),
+                degraded = header("x-degraded").unwrap_or(""),
+                variants = variants.as_deref().unwrap_or(""),
+                upstreams = res
+                    .extensions()
+                    .get::<crate::aggregate::UpstreamTimings>()
+                    .map_or("", |t| &*t.0),
+            );
+        }
+        log.series.record(bff, route, status, elapsed.as_secs_f64());
+        res
+    })
+}
+
+/// The route pattern of a request, from what [`logged`] held of it.
+fn route_of<'a>(pass: &'a Option<RoutePattern>, matched: &'a Option<MatchedPath>) -> &'a str {
+    match (pass, matched) {
+        (Some(p), _) => &p.0,
+        (None, Some(m)) => m.as_str(),
+        (None, None) => "unmatched",
     }
-    log.series.record(bff, route, status, elapsed.as_secs_f64());
-    res
 }
 
 #[cfg(test)]

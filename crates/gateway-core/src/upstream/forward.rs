@@ -12,8 +12,9 @@ impl Upstream {
     /// picks, through the circuit breaker and concurrency cap, on pooled connections (the
     /// instance's own for `http://` instances, the shared REST client's for `https://`). Waits at
     /// most `timeout` for the answer's head; the body is the caller's to stream. Never retried
-    /// (the body is consumed); a 5xx answer is an answer, passed on, not an error.
-    pub async fn send(
+    /// (the body is consumed); a 5xx answer is an answer, passed on, not an error. Not an
+    /// `async fn`: it would keep room for the request's parts beside the call's own future.
+    pub fn send(
         &self,
         ctx: &CallContext,
         method: Method,
@@ -21,8 +22,8 @@ impl Upstream {
         headers: HeaderMap,
         body: Body,
         timeout: Duration,
-    ) -> Result<Response<Body>, UpstreamError> {
-        self.call(ctx, |instance| async move {
+    ) -> impl Future<Output = Result<Response<Body>, UpstreamError>> {
+        self.call(ctx, move |instance| async move {
             match (instance.plain_pool(), instance.plain_target_for(target)) {
                 (Some(pool), Some(uri)) => {
                     let mut req = Request::new(body);
@@ -62,7 +63,6 @@ impl Upstream {
                 }
             }
         })
-        .await
     }
 }
 

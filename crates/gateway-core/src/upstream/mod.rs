@@ -123,12 +123,19 @@ impl Upstream {
     /// Runs one call (made by `make` for the instance picked) through the circuit breaker:
     /// refused at once while the circuit is open; its outcome feeds the breaker. Not retried.
     /// `ctx`'s subject picks the version when the upstream has a split.
-    pub async fn call<T, F, Fut>(&self, ctx: &CallContext, make: F) -> Result<T, UpstreamError>
+    ///
+    /// Not an `async fn`, nor is `call_once`: each would keep room for `make` beside the call's
+    /// own future, and a pass-through forward's future carries both.
+    pub fn call<T, F, Fut>(
+        &self,
+        ctx: &CallContext,
+        make: F,
+    ) -> impl Future<Output = Result<T, UpstreamError>>
     where
         F: FnOnce(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
-        self.version(ctx).call_once(make).await
+        self.version(ctx).call_once(make)
     }
 
     /// The version serving `ctx`: the alternate one when the upstream has a split and the
@@ -149,13 +156,13 @@ impl Upstream {
         version
     }
 
-    async fn call_once<T, F, Fut>(&self, make: F) -> Result<T, UpstreamError>
+    fn call_once<T, F, Fut>(&self, make: F) -> impl Future<Output = Result<T, UpstreamError>>
     where
         F: FnOnce(Arc<Instance>) -> Fut,
         Fut: Future<Output = Result<T, UpstreamError>>,
     {
         let instance = balance::pick(&self.instances.snapshot(), self.balance, &self.next).clone();
-        self.call_on(instance, make).await
+        self.call_on(instance, make)
     }
 
     async fn call_on<T, F, Fut>(&self, instance: Arc<Instance>, make: F) -> Result<T, UpstreamError>
