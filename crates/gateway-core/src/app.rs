@@ -71,11 +71,6 @@ impl App {
             passes,
         }
     }
-
-    /// The router behind the pass-through routes.
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
 }
 
 impl From<Router> for App {
