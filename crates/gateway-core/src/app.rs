@@ -143,16 +143,7 @@ mod tests {
         let mut cfg: Config<()> = Config::local(0, bff)
             .upstream("content", &url, 2_000)
             .upstream("nothing", "http://127.0.0.1:9", 200);
-        cfg.auth.issuers = vec![IssuerConfig {
-            issuer: ISS.into(),
-            audiences: vec![bff.into()],
-            jwks_url: None,
-            pem_file: None,
-            pem_algorithm: None,
-            hs256_secret: Some(SECRET.into()),
-            jwks_refresh_secs: 300,
-            jwks_cooldown_secs: 30,
-        }];
+        cfg.auth.issuers = vec![IssuerConfig::hs256(ISS, &[bff], SECRET)];
         for (prefix, upstream) in [
             ("/api/catalog", "content"),
             ("/api/catalog/special", "nothing"),

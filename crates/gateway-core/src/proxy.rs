@@ -136,13 +136,34 @@ struct ProxyEntry {
 #[derive(Debug, Clone)]
 pub(crate) struct RoutePattern(pub(crate) Arc<str>);
 
-/// The route pattern a request was matched to: a pass-through route's or axum's.
-pub(crate) fn route_pattern(extensions: &axum::http::Extensions) -> Option<&str> {
-    match extensions.get::<RoutePattern>() {
-        Some(p) => Some(&p.0),
-        None => extensions
-            .get::<axum::extract::MatchedPath>()
-            .map(axum::extract::MatchedPath::as_str),
+/// The route a request was matched to, held apart from the request: a pass-through route's
+/// pattern or axum's matched path. Both are shared strings, so holding one costs no copy.
+#[derive(Debug, Clone)]
+pub(crate) enum MatchedRoute {
+    /// A pass-through route ([`RoutePattern`]).
+    Pass(RoutePattern),
+    /// A route of axum's router.
+    Router(axum::extract::MatchedPath),
+}
+
+impl MatchedRoute {
+    /// The route of the request whose `extensions` these are, if it matched one.
+    pub(crate) fn of(extensions: &axum::http::Extensions) -> Option<Self> {
+        match extensions.get::<RoutePattern>() {
+            Some(p) => Some(Self::Pass(p.clone())),
+            None => extensions
+                .get::<axum::extract::MatchedPath>()
+                .cloned()
+                .map(Self::Router),
+        }
+    }
+
+    /// The pattern, as metrics, logs and `ratelimit.routes` name the route.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Pass(p) => &p.0,
+            Self::Router(m) => m.as_str(),
+        }
     }
 }
 

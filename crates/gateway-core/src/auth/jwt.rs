@@ -539,16 +539,7 @@ mod tests {
 
     fn verifier(cache_entries: u64, leeway_secs: u64) -> Arc<JwtVerifier> {
         let cfg = AuthConfig {
-            issuers: vec![IssuerConfig {
-                issuer: ISS.into(),
-                audiences: vec!["bff-test".into()],
-                jwks_url: None,
-                pem_file: None,
-                pem_algorithm: None,
-                hs256_secret: Some(SECRET.into()),
-                jwks_refresh_secs: 300,
-                jwks_cooldown_secs: 30,
-            }],
+            issuers: vec![IssuerConfig::hs256(ISS, &["bff-test"], SECRET)],
             leeway_secs,
             verified_cache_max_entries: cache_entries,
             ..AuthConfig::default()

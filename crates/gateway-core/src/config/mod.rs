@@ -346,6 +346,22 @@ pub struct IssuerConfig {
     pub jwks_cooldown_secs: u64,
 }
 
+impl IssuerConfig {
+    /// A development issuer of `audiences` that signs with an HS256 `secret`.
+    pub fn hs256(issuer: &str, audiences: &[&str], secret: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: audiences.iter().map(|&a| a.to_owned()).collect(),
+            jwks_url: None,
+            pem_file: None,
+            pem_algorithm: None,
+            hs256_secret: Some(secret.to_owned()),
+            jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
+            jwks_cooldown_secs: DEFAULT_JWKS_COOLDOWN_SECS,
+        }
+    }
+}
+
 fn default_jwks_refresh() -> u64 {
     DEFAULT_JWKS_REFRESH_SECS
 }

@@ -400,7 +400,8 @@ where
     Fut: Future<Output = Response>,
 {
     let principal = req.extensions().get::<Principal>();
-    let route = crate::proxy::route_pattern(req.extensions());
+    let matched = crate::proxy::MatchedRoute::of(req.extensions());
+    let route = matched.as_ref().map(crate::proxy::MatchedRoute::as_str);
     let policy = limiter
         .resolve(route, principal.and_then(|p| p.tier.as_deref()))
         .in_force();

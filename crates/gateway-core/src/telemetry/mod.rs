@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -17,7 +17,7 @@ use crate::auth::Principal;
 use crate::config::{LogFormat, TelemetryConfig};
 use crate::edge::EdgeFacts;
 use crate::error::ErrorCode;
-use crate::proxy::RoutePattern;
+use crate::proxy::MatchedRoute;
 use crate::upstream::split::Variants;
 
 /// Latency buckets (seconds), from sub-millisecond cache hits to slow fan-outs.
@@ -301,12 +301,8 @@ where
         req.extensions_mut().insert(v.clone());
         v
     });
-    // Held for the span and the line (both patterns are shared strings).
-    let pass = req.extensions().get::<RoutePattern>().cloned();
-    let matched = match pass {
-        Some(_) => None,
-        None => req.extensions().get::<MatchedPath>().cloned(),
-    };
+    // Held for the span and the line.
+    let matched = MatchedRoute::of(req.extensions());
     // What only the line needs is taken only when the line is written.
     let line = access_lines().then(|| {
         (
@@ -318,7 +314,7 @@ where
         )
     });
     let (call, span) = if tracing_exported() {
-        let span = request_span(&mut req, route_of(&pass, &matched), bff);
+        let span = request_span(&mut req, route_of(matched.as_ref()), bff);
         (Either::Left(next(req).instrument(span.clone())), Some(span))
     } else {
         (Either::Right(next(req)), None)
@@ -328,7 +324,7 @@ where
         if let Some(span) = span {
             span.record("http.response.status_code", res.status().as_u16());
         }
-        let route = route_of(&pass, &matched);
+        let route = route_of(matched.as_ref());
         let elapsed = start.elapsed();
         let status = res.status().as_u16();
         if let Some((method, path, request_id)) = line {
@@ -359,13 +355,9 @@ where
     })
 }
 
-/// The route pattern of a request, from what [`logged`] held of it.
-fn route_of<'a>(pass: &'a Option<RoutePattern>, matched: &'a Option<MatchedPath>) -> &'a str {
-    match (pass, matched) {
-        (Some(p), _) => &p.0,
-        (None, Some(m)) => m.as_str(),
-        (None, None) => "unmatched",
-    }
+/// The route a request matched, as series and lines name it.
+fn route_of(matched: Option<&MatchedRoute>) -> &str {
+    matched.map_or("unmatched", MatchedRoute::as_str)
 }
 
 #[cfg(test)]
