@@ -600,6 +600,57 @@ async fn the_catalog_is_passed_through_under_auth_and_limits() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }
 
+/// With `protocol = "http2"` on the content service (the demo backends speak it without TLS),
+/// the feed's REST call and the pass-through route reach it over HTTP/2: answers, queries and a
+/// streamed request body as over HTTP/1.1, calls at once sharing a connection.
+#[tokio::test]
+async fn the_content_service_can_be_reached_over_http2() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.upstreams.get_mut("content").expect("content").protocol =
+            gateway_core::upstream::Protocol::Http2;
+    })
+    .await;
+    let token = stack
+        .user_token("user-0042", "profile:read feed:read")
+        .await;
+    let http = reqwest::Client::new();
+
+    let res = get(&bff, "/api/home-feed", &token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["_meta"]["complete"], true, "{body}");
+
+    let pages = futures::future::join_all((0..20).map(|i| {
+        http.get(format!("{}/api/catalog/items?limit=2&offset={i}", bff.url))
+            .bearer_auth(&token)
+            .send()
+    }))
+    .await;
+    for (i, res) in pages.into_iter().enumerate() {
+        let res = res.expect("list");
+        assert_eq!(res.status(), StatusCode::OK);
+        let page: Value = res.json().await.expect("json");
+        let first = page["items"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(first, format!("item-{:03}", i + 1), "offset {i}: {page}");
+    }
+    let res = http
+        .post(format!("{}/api/catalog/search", bff.url))
+        .bearer_auth(&token)
+        .json(&json!({"query": "kingdom", "limit": 3}))
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(res.status(), StatusCode::OK);
+    let found: Value = res.json().await.expect("json");
+    assert_eq!(found["query"], "kingdom");
+    let res = get(&bff, "/api/catalog/items/item-999999", &token).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
 /// A compressed pass-through answer ends cleanly: the whole backend body arrives, gzip-encoded.
 #[tokio::test]
 async fn a_passed_through_answer_is_compressed_whole() {

@@ -131,21 +131,33 @@ mod tests {
     }
 
     /// A gateway named `bff` with one API route (`/api/own`) and the pass-through routes
-    /// `/api/catalog` (to a backend that answers with the path it saw) and `/api/catalog/special`
-    /// (to nothing), under a layer of the BFF's own.
+    /// `/api/catalog` (to a backend that answers with the path it saw), `/api/mux` (to the same
+    /// backend over HTTP/2, which says so) and `/api/catalog/special` (to nothing), under a layer
+    /// of the BFF's own.
     async fn app(bff: &'static str) -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let backend = Router::new().fallback(|uri: axum::http::Uri| async move { uri.to_string() });
+        let backend = Router::new().fallback(|req: Request<Body>| async move {
+            let seen = req.uri().path_and_query().map_or("", |p| p.as_str());
+            match req.version() {
+                axum::http::Version::HTTP_2 => format!("h2 {seen}"),
+                _ => seen.to_owned(),
+            }
+        });
         tokio::spawn(async move { axum::serve(listener, backend).await });
         let mut cfg: Config<()> = Config::local(0, bff)
             .upstream("content", &url, 2_000)
+            .upstream("mux", &url, 2_000)
             .upstream("nothing", "http://127.0.0.1:9", 200);
+        if let Some(mux) = cfg.upstreams.get_mut("mux") {
+            mux.protocol = crate::upstream::Protocol::Http2;
+        }
         cfg.auth.issuers = vec![IssuerConfig::hs256(ISS, &[bff], SECRET)];
         for (prefix, upstream) in [
             ("/api/catalog", "content"),
+            ("/api/mux", "mux"),
             ("/api/catalog/special", "nothing"),
         ] {
             cfg.proxy.push(ProxyConfig {
@@ -252,6 +264,13 @@ mod tests {
         }
         let (status, _, body) = send(&app, "/api/catalog", Some(&token)).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "/catalog"));
+        // An upstream that speaks HTTP/2 gets the same request over it.
+        let (status, res, body) = send(&app, "/api/mux/items?page=2", Some(&token)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "h2 /catalog/items?page=2")
+        );
+        assert!(res.headers().contains_key("x-ratelimit-limit"));
         // The nested prefix is its own route.
         let (status, _, body) = send(&app, "/api/catalog/special/1", Some(&token)).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");

@@ -678,6 +678,11 @@ pub struct UpstreamConfig {
     /// More instances of the same upstream, besides `url`.
     #[serde(default)]
     pub instances: Vec<String>,
+    /// The HTTP version of REST and pass-through calls: `http1`, or `http2` for a backend that
+    /// speaks HTTP/2 (cleartext with prior knowledge to `http://`), whose calls in flight then
+    /// share connections. gRPC upstreams speak HTTP/2 whatever this says.
+    #[serde(default)]
+    pub protocol: crate::upstream::Protocol,
     /// How calls spread over the instances: `round_robin` or `power_of_two_choices`.
     #[serde(default)]
     pub balance: crate::upstream::balance::Balance,
@@ -801,6 +806,7 @@ impl UpstreamConfig {
             breaker_open_ms: DEFAULT_BREAKER_OPEN_MS,
             breaker_error_rate: default_breaker_error_rate(),
             instances: Vec::new(),
+            protocol: crate::upstream::Protocol::Http1,
             balance: crate::upstream::balance::Balance::RoundRobin,
             discovery: crate::upstream::discovery::Discovery::Static,
             dns_refresh_ms: default_dns_refresh(),

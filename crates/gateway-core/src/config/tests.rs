@@ -452,3 +452,19 @@ fn dns_discovery_is_static_by_default_and_checked() {
     let err = load_with("[upstreams.user]\ndiscovery = \"consul\"\n", &[]).expect_err("consul");
     assert!(err.contains("consul") && err.contains("discovery"), "{err}");
 }
+
+#[test]
+fn an_upstream_speaks_http1_unless_told_http2() {
+    use crate::upstream::Protocol;
+    assert_eq!(defaults().upstreams["user"].protocol, Protocol::Http1);
+    let cfg = load_with("[upstreams.user]\nprotocol = \"http2\"\n", &[]).expect("valid");
+    assert_eq!(cfg.upstreams["user"].protocol, Protocol::Http2);
+    let cfg = load_with(
+        "[upstreams.content]\nurl = \"http://127.0.0.1:9001\"\n",
+        &[("BFF_UPSTREAMS__CONTENT__PROTOCOL", "http2")],
+    )
+    .expect("valid");
+    assert_eq!(cfg.upstreams["content"].protocol, Protocol::Http2);
+    let err = load_with("[upstreams.user]\nprotocol = \"h3\"\n", &[]).expect_err("h3");
+    assert!(err.contains("h3") && err.contains("protocol"), "{err}");
+}

@@ -19,6 +19,25 @@ pub enum Balance {
     PowerOfTwoChoices,
 }
 
+/// How an instance is reached: the protocol of its REST and pass-through calls, and how long
+/// opening its gRPC connection may take. A bare timeout means HTTP/1.1.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial {
+    /// How long opening the gRPC connection may take.
+    pub connect_timeout: Duration,
+    /// The HTTP version of REST and pass-through calls.
+    pub protocol: super::Protocol,
+}
+
+impl From<Duration> for Dial {
+    fn from(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            protocol: super::Protocol::Http1,
+        }
+    }
+}
+
 /// How pass-through calls address an `http://` instance.
 #[derive(Debug)]
 struct Plain {
@@ -43,8 +62,13 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// An instance at `base` (`http://host:port`), healthy until a check says otherwise.
-    pub fn new(base: &str, connect_timeout: Duration) -> Self {
+    /// An instance at `base` (`http://host:port`), reached as `dial` says, healthy until a check
+    /// says otherwise.
+    pub fn new(base: &str, dial: impl Into<Dial>) -> Self {
+        let Dial {
+            connect_timeout,
+            protocol,
+        } = dial.into();
         let base = base.trim_end_matches('/');
         let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
             (uri.scheme() == Some(&http::uri::Scheme::HTTP)).then_some(())?;
@@ -58,7 +82,7 @@ impl Instance {
             };
             Some(Plain {
                 host: host.ok()?,
-                pool: super::pass::Pool::new(authority)?,
+                pool: super::pass::Pool::new(authority, protocol)?,
                 prefix: uri.path().trim_end_matches('/').to_owned(),
             })
         });

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::balance::{Instance, InstanceSet};
+use super::balance::{Dial, Instance, InstanceSet};
 
 /// How an upstream's instances are found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +87,9 @@ pub(crate) async fn refresh(
     set: &InstanceSet,
     targets: &[Target],
     resolve: &Resolve,
-    connect_timeout: Duration,
+    dial: impl Into<Dial>,
 ) -> Refreshed {
+    let dial = dial.into();
     let mut bases = BTreeSet::new();
     for target in targets {
         match resolve(target.authority.clone()).await {
@@ -113,7 +114,7 @@ pub(crate) async fn refresh(
             .iter()
             .map(|b| match known.get(&**b) {
                 Some(kept) => Arc::clone(kept),
-                None => Arc::new(Instance::new(b, connect_timeout)),
+                None => Arc::new(Instance::new(b, dial)),
             })
             .collect();
         set.replace(next);
@@ -131,7 +132,7 @@ pub(crate) fn spawn_dns(
     targets: Vec<Target>,
     set: Weak<InstanceSet>,
     every: Duration,
-    connect_timeout: Duration,
+    dial: Dial,
     resolve: Resolve,
 ) {
     if tokio::runtime::Handle::try_current().is_err() {
@@ -150,7 +151,7 @@ pub(crate) fn spawn_dns(
             // (at least a second).
             let round = tokio::time::timeout(
                 every.max(Duration::from_secs(1)),
-                refresh(&set, &targets, &resolve, connect_timeout),
+                refresh(&set, &targets, &resolve, dial),
             )
             .await
             .unwrap_or_else(|_| Refreshed::Kept {

@@ -1,5 +1,5 @@
-//! Calls to backends: one pooled HTTP client for every REST upstream (keep-alive), one lazily
-//! connected HTTP/2 channel per gRPC upstream, and the per-request context every call carries
+//! Calls to backends: one pooled HTTP client for every REST upstream (keep-alive; another for
+//! those that speak HTTP/2), one lazily connected HTTP/2 channel per gRPC upstream, and the per-request context every call carries
 //! downstream (identity, request id, `traceparent`, deadline).
 //!
 //! A call's path: the version (primary, or the alternate of a traffic [`split`]) picked by the
@@ -33,7 +33,7 @@ use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
 use crate::edge::{EdgeFacts, RequestId, TraceContext};
 use crate::error::GatewayError;
-use balance::{Balance, Instance, InstanceSet};
+use balance::{Balance, Dial, Instance, InstanceSet};
 use breaker::{Breaker, BreakerSettings, BreakerState};
 use discovery::Discovery;
 use fault::{Faults, Injected};
@@ -45,6 +45,20 @@ const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
 const RETRY_BASE: Duration = Duration::from_millis(10);
 /// Header carrying the remaining request budget to REST backends, in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-request-deadline-ms";
+
+/// The HTTP version of an upstream's REST and pass-through calls (`[upstreams.NAME] protocol`).
+/// gRPC calls are HTTP/2 whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 to `http://` instances: one connection per call in flight, kept alive between
+    /// calls. To `https://` instances, what TLS negotiates (HTTP/2 when the backend offers it).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext `h2c` to `http://`, `h2` to `https://`), no
+    /// fallback: calls in flight share connections, up to 100 on each.
+    Http2,
+}
 
 /// Why an upstream call produced no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -468,11 +482,15 @@ impl Upstream {
         http: &reqwest::Client,
     ) -> Self {
         let timeout = Duration::from_millis(c.timeout_ms);
+        let dial = Dial {
+            connect_timeout: timeout,
+            protocol: c.protocol,
+        };
         let urls: Vec<&String> = urls.collect();
         // With DNS discovery the URLs as written serve until the first resolution, moments later.
         let instances = Arc::new(InstanceSet::new(
             urls.iter()
-                .map(|url| Arc::new(Instance::new(url, timeout)))
+                .map(|url| Arc::new(Instance::new(url, dial)))
                 .collect(),
         ));
         let (label, variant) = (
@@ -491,7 +509,7 @@ impl Upstream {
                     .collect(),
                 Arc::downgrade(&instances),
                 Duration::from_millis(c.dns_refresh_ms),
-                timeout,
+                dial,
                 discovery::system_resolver(),
             );
         }
@@ -541,38 +559,62 @@ impl Upstream {
     }
 }
 
+/// The pooled client of REST calls (and pass-through calls to `https://` instances) of the
+/// upstreams that speak `protocol`.
+fn rest_client(protocol: Protocol) -> Result<reqwest::Client, ConfigError> {
+    let builder = reqwest::Client::builder()
+        // A redirect is an answer: passed through to the client or failed, never followed to
+        // wherever a backend points.
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(2))
+        .connector_layer(tower::layer::layer_fn(CountConnections));
+    match protocol {
+        Protocol::Http1 => builder,
+        Protocol::Http2 => builder
+            .http2_prior_knowledge()
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10)),
+    }
+    .build()
+    .map_err(|e| ConfigError(format!("upstreams: cannot build HTTP client: {e}")))
+}
+
 /// Every upstream of one BFF, by name.
 pub struct Upstreams {
     by_name: HashMap<String, Arc<Upstream>>,
 }
 
 impl Upstreams {
-    /// Builds the registry: every upstream shares one pooled REST client; pass-through calls to
-    /// an `http://` instance use the instance's own pooled connections.
+    /// Builds the registry: the upstreams share one pooled REST client (and another, those that
+    /// speak HTTP/2); pass-through calls to an `http://` instance use the instance's own pooled
+    /// connections.
     pub fn new(cfg: &BTreeMap<String, UpstreamConfig>) -> Result<Self, ConfigError> {
         // Installed before the series below are registered, so none is registered nowhere.
         crate::telemetry::metrics_handle();
-        let http = reqwest::Client::builder()
-            // A redirect is an answer: passed through to the client or failed, never followed to
-            // wherever a backend points.
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(2))
-            .connector_layer(tower::layer::layer_fn(CountConnections))
-            .build()
-            .map_err(|e| ConfigError(format!("upstreams: cannot build HTTP client: {e}")))?;
+        let http = rest_client(Protocol::Http1)?;
+        // Built only when some upstream speaks HTTP/2.
+        let http2 = cfg
+            .values()
+            .any(|c| c.protocol == Protocol::Http2)
+            .then(|| rest_client(Protocol::Http2))
+            .transpose()?;
         let by_name = cfg
             .iter()
             .map(|(name, c)| {
+                let http = match (&http2, c.protocol) {
+                    (Some(http2), Protocol::Http2) => http2,
+                    _ => &http,
+                };
                 let primary = std::iter::once(&c.url).chain(&c.instances);
-                let mut up = Upstream::version_of(name, PRIMARY_VARIANT, primary, c, &http);
+                let mut up = Upstream::version_of(name, PRIMARY_VARIANT, primary, c, http);
                 if let Some(s) = &c.split {
                     let alternate = std::iter::once(&s.url).chain(&s.instances);
                     up.split = Some(Split {
                         cohort: Cohort::new(&s.name, s.percent),
-                        target: Box::new(Upstream::version_of(name, &s.name, alternate, c, &http)),
+                        target: Box::new(Upstream::version_of(name, &s.name, alternate, c, http)),
                     });
                 }
                 (name.clone(), Arc::new(up))
@@ -1078,6 +1120,38 @@ mod tests {
         // Once finished, the next read goes to the backend again: this is not a cache.
         up.get_json(&alice, "/items/1").await.expect("again");
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_http2_upstream_gets_its_calls_over_http2_and_the_others_do_not() {
+        let app = axum::Router::new().fallback(|req: axum::extract::Request| async move {
+            axum::Json(serde_json::json!({ "version": format!("{:?}", req.version()) }))
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mux = UpstreamConfig {
+            protocol: Protocol::Http2,
+            ..UpstreamConfig::at(&url)
+        };
+        let ups = Upstreams::new(
+            &[
+                ("mux".to_owned(), mux),
+                ("plain".to_owned(), UpstreamConfig::at(&url)),
+            ]
+            .into(),
+        )
+        .expect("upstreams");
+        for (name, version) in [("mux", "HTTP/2.0"), ("plain", "HTTP/1.1")] {
+            let up = ups.get(name).expect("upstream");
+            let answer = up
+                .get_json(&CallContext::detached(), "/v")
+                .await
+                .expect("answer");
+            assert_eq!(answer["version"], version, "{name}");
+        }
     }
 
     #[tokio::test]

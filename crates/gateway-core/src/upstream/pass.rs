@@ -1,28 +1,35 @@
-//! The connections of pass-through calls to one `http://` instance: HTTP/1.1 keep-alive
-//! connections made with hyper's connection API and pooled by the instance itself.
+//! The connections of pass-through calls to one `http://` instance, made with hyper's connection
+//! API and pooled by the instance itself: HTTP/1.1 keep-alive connections, or HTTP/2 connections
+//! that carry many calls at once for an upstream configured with `protocol = "http2"`.
 //!
 //! A client shared by every backend would key its pool by scheme and authority, hash that key
 //! twice a call and spawn a task per call to notice when the connection is free again; the
-//! instance already knows where it is, so its pool is a stack of idle connections. A
+//! instance already knows where it is, so its HTTP/1.1 pool is a stack of idle connections. A
 //! connection goes back on the stack when the answer's body has been read to its end, and comes
 //! off it most recently used first (warm, and the least likely to have been closed by the
 //! backend). A connection the backend closed while idle gives the request back unsent: it goes
 //! out on the next idle connection, or on a new one.
+//!
+//! Over HTTP/2 a call takes a stream on the first open connection with fewer than
+//! [`STREAMS_PER_CONNECTION`] calls in flight, and a new connection is opened (one at a time) when
+//! every one is full: a thousand calls in flight need ten connections to the backend, not a
+//! thousand, each with its buffers.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt as _;
 
-use super::CountConnections;
+use super::{CountConnections, Protocol};
 
 /// Idle connections kept per instance, at most; beyond, the longest idle is closed.
 const MAX_IDLE: usize = 256;
@@ -30,6 +37,16 @@ const MAX_IDLE: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long making a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Calls one HTTP/2 connection carries at once before another is opened: the least a server
+/// should allow (RFC 9113 recommends no fewer than 100; nginx allows 128, hyper 200). A server
+/// that allows fewer makes the calls beyond its limit wait for a stream on the connection.
+pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+/// Time between pings on an HTTP/2 connection with calls in flight, and how long an answer to
+/// one may take before the connection is taken for dead.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts of a call whose connection closed before the call went out on it.
+const UNSENT_ATTEMPTS: usize = 3;
 
 /// Why a pass-through call got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -51,16 +68,40 @@ struct Shared {
     /// Where connections go, as the connector takes it: `http://authority`.
     origin: http::Uri,
     connector: CountConnections<HttpConnector>,
-    /// Oldest first; taken from the back.
-    idle: Mutex<VecDeque<Idle>>,
+    conns: Conns,
     /// Whether the task that closes connections idle too long has started (with the first
     /// connection: a pool may be made outside a runtime).
     reaping: AtomicBool,
 }
 
+enum Conns {
+    Http1(Http1Conns),
+    Http2(Http2Conns),
+}
+
+/// HTTP/1.1: the idle connections, oldest first; taken from the back.
+#[derive(Default)]
+struct Http1Conns {
+    idle: Mutex<VecDeque<Idle>>,
+}
+
 struct Idle {
-    sender: SendRequest<Body>,
+    sender: http1::SendRequest<Body>,
     since: Instant,
+}
+
+/// HTTP/2: the open connections, and a lock that lets one call at a time open another.
+#[derive(Default)]
+struct Http2Conns {
+    open: Mutex<Vec<Multiplexed>>,
+    dialing: tokio::sync::Mutex<()>,
+}
+
+struct Multiplexed {
+    sender: http2::SendRequest<Body>,
+    /// Calls in flight on the connection: taken by a call, given back when its answer is done.
+    streams: Arc<AtomicUsize>,
+    last_used: Instant,
 }
 
 impl std::fmt::Debug for Pool {
@@ -72,8 +113,8 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool for the instance at `authority`, empty until the first call.
-    pub(crate) fn new(authority: &http::uri::Authority) -> Option<Self> {
+    /// A pool for the instance at `authority`, speaking `protocol`, empty until the first call.
+    pub(crate) fn new(authority: &http::uri::Authority, protocol: Protocol) -> Option<Self> {
         let origin = http::Uri::builder()
             .scheme(http::uri::Scheme::HTTP)
             .authority(authority.clone())
@@ -87,19 +128,28 @@ impl Pool {
             shared: Arc::new(Shared {
                 origin,
                 connector: CountConnections(connector),
-                idle: Mutex::new(VecDeque::new()),
+                conns: match protocol {
+                    Protocol::Http1 => Conns::Http1(Http1Conns::default()),
+                    Protocol::Http2 => Conns::Http2(Http2Conns::default()),
+                },
                 reaping: AtomicBool::new(false),
             }),
         })
     }
 
-    /// Sends `req` (its URI in origin form, its `Host` set) on an idle connection, or on a new
-    /// one. The answer's body hands the connection back when it has been read to its end.
+    /// Sends `req` (its URI in origin form, its `Host` set) on a pooled connection, or on a new
+    /// one. Over HTTP/1.1 the answer's body hands the connection back when it has been read to
+    /// its end; over HTTP/2 it gives its stream back when it is done with.
     pub(crate) async fn send(
         &self,
         mut req: http::Request<Body>,
     ) -> Result<http::Response<Body>, PassError> {
-        while let Some(mut sender) = self.shared.take() {
+        let conns = match &self.shared.conns {
+            Conns::Http1(conns) => conns,
+            // Boxed: the HTTP/1.1 call, the common one, carries no room for this one.
+            Conns::Http2(conns) => return Box::pin(self.send_multiplexed(conns, req)).await,
+        };
+        while let Some(mut sender) = conns.take() {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -113,18 +163,23 @@ impl Pool {
             }
         }
         // Boxed: a call that finds an idle connection carries no room for opening one.
-        let mut sender = Box::pin(self.connect()).await?;
+        let mut sender = Box::pin(self.connect_http1()).await?;
         let res = sender.send_request(req).await?;
         Ok(self.returning(sender, res))
     }
 
-    /// How many connections are idle now.
+    /// How many connections are idle now (HTTP/1.1), or open (HTTP/2).
     #[cfg(test)]
-    pub(crate) fn idle(&self) -> usize {
-        self.shared.lock().len()
+    pub(crate) fn connections(&self) -> usize {
+        match &self.shared.conns {
+            Conns::Http1(c) => c.lock().len(),
+            Conns::Http2(c) => c.lock().len(),
+        }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, PassError> {
+    /// A new TCP connection to the instance; the first starts the task that closes connections
+    /// idle too long.
+    async fn dial(&self) -> Result<TokioIo<tokio::net::TcpStream>, PassError> {
         let io = self
             .shared
             .connector
@@ -132,23 +187,71 @@ impl Pool {
             .oneshot(self.shared.origin.clone())
             .await
             .map_err(|e| PassError::Connect(e.into()))?;
-        let (sender, conn) = http1::handshake(io).await?;
         if !self.shared.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(&self.shared)));
         }
-        // The connection's task: it ends when the backend closes the connection, or when the
-        // pool and the call in flight have both let go of its sender.
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(target: "upstream", error = %e, "pass-through connection ended");
-            }
-        });
+        Ok(io)
+    }
+
+    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, PassError> {
+        let (sender, conn) = http1::handshake(self.dial().await?).await?;
+        drive(conn);
         Ok(sender)
+    }
+
+    async fn send_multiplexed(
+        &self,
+        conns: &Http2Conns,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, PassError> {
+        let mut req = for_http2(req, &self.shared.origin);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (mut sender, stream) = match conns.pick() {
+                Some(picked) => picked,
+                None => self.connect_http2(conns).await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    return Ok(res.map(|body| {
+                        Body::new(Streaming {
+                            body,
+                            _stream: stream,
+                        })
+                    }));
+                }
+                // The connection closed before the call went out on it: another one takes it.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if attempts < UNSENT_ATTEMPTS => req = unsent,
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// A stream on a connection another call opened meanwhile, or on a new connection.
+    async fn connect_http2(
+        &self,
+        conns: &Http2Conns,
+    ) -> Result<(http2::SendRequest<Body>, Stream), PassError> {
+        let _dialing = conns.dialing.lock().await;
+        if let Some(picked) = conns.pick() {
+            return Ok(picked);
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .handshake(self.dial().await?)
+            .await?;
+        drive(conn);
+        Ok(conns.add(sender))
     }
 
     fn returning(
         &self,
-        sender: SendRequest<Body>,
+        sender: http1::SendRequest<Body>,
         res: http::Response<Incoming>,
     ) -> http::Response<Body> {
         let shared = Arc::clone(&self.shared);
@@ -163,13 +266,65 @@ impl Pool {
     }
 }
 
+/// Runs a connection's task: it ends when the backend closes the connection, or when the pool
+/// and the calls in flight have all let go of its sender.
+fn drive<C>(conn: C)
+where
+    C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target: "upstream", error = %e, "pass-through connection ended");
+        }
+    });
+}
+
+/// `req` as HTTP/2 sends it: the scheme and authority in the URI (`:scheme`, `:authority`)
+/// rather than a `Host` header.
+fn for_http2(mut req: http::Request<Body>, origin: &http::Uri) -> http::Request<Body> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = origin.authority().cloned();
+    parts.path_and_query = req.uri().path_and_query().cloned();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        req.headers_mut().remove(http::header::HOST);
+    }
+    *req.version_mut() = http::Version::HTTP_2;
+    req
+}
+
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+    /// Gives an HTTP/1.1 connection back to the idle ones.
+    fn put(&self, sender: http1::SendRequest<Body>) {
+        if let Conns::Http1(c) = &self.conns {
+            c.put(sender);
+        }
+    }
+
+    /// Closes the connections idle for [`IDLE_TIMEOUT`] by `now`, and forgets those the backend
+    /// closed.
+    fn evict(&self, now: Instant) {
+        match &self.conns {
+            Conns::Http1(c) => c.lock().retain(|c| {
+                !c.sender.is_closed() && now.saturating_duration_since(c.since) < IDLE_TIMEOUT
+            }),
+            Conns::Http2(c) => c.lock().retain(|c| {
+                !c.sender.is_closed()
+                    && (c.streams.load(Ordering::Relaxed) > 0
+                        || now.saturating_duration_since(c.last_used) < IDLE_TIMEOUT)
+            }),
+        }
+    }
+}
+
+impl Http1Conns {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently returned connection still open and not too old.
-    fn take(&self) -> Option<SendRequest<Body>> {
+    fn take(&self) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.lock();
         while let Some(c) = idle.pop_back() {
             if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
@@ -179,15 +334,7 @@ impl Shared {
         None
     }
 
-    /// Closes the connections idle for [`IDLE_TIMEOUT`] by `now`, and forgets those the backend
-    /// closed.
-    fn evict(&self, now: Instant) {
-        self.lock().retain(|c| {
-            !c.sender.is_closed() && now.saturating_duration_since(c.since) < IDLE_TIMEOUT
-        });
-    }
-
-    fn put(&self, sender: SendRequest<Body>) {
+    fn put(&self, sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
@@ -200,6 +347,35 @@ impl Shared {
             idle.pop_front();
         }
         idle.push_back(Idle { sender, since: now });
+    }
+}
+
+impl Http2Conns {
+    fn lock(&self) -> MutexGuard<'_, Vec<Multiplexed>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A stream on the first open connection with room for one more call.
+    fn pick(&self) -> Option<(http2::SendRequest<Body>, Stream)> {
+        let mut open = self.lock();
+        open.retain(|c| !c.sender.is_closed());
+        let c = open
+            .iter_mut()
+            .find(|c| c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)?;
+        c.last_used = Instant::now();
+        Some((c.sender.clone(), Stream::take(&c.streams)))
+    }
+
+    /// Keeps a new connection, and takes the first stream on it.
+    fn add(&self, sender: http2::SendRequest<Body>) -> (http2::SendRequest<Body>, Stream) {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let stream = Stream::take(&streams);
+        self.lock().push(Multiplexed {
+            sender: sender.clone(),
+            streams,
+            last_used: Instant::now(),
+        });
+        (sender, stream)
     }
 }
 
@@ -217,13 +393,55 @@ async fn reap(shared: Weak<Shared>) {
     }
 }
 
-/// An answer's body that gives its connection back to the pool once read to its end. Dropped
-/// before that, the connection closes with it (hyper cannot reuse a connection whose answer was
-/// not read).
+/// One call's place on an HTTP/2 connection, given back when dropped.
+struct Stream(Arc<AtomicUsize>);
+
+impl Stream {
+    fn take(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(streams))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An answer's body over HTTP/2, holding its call's stream until it is done with.
+struct Streaming {
+    body: Incoming,
+    _stream: Stream,
+}
+
+impl HttpBody for Streaming {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An answer's body over HTTP/1.1 that gives its connection back to the pool once read to its
+/// end. Dropped before that, the connection closes with it (hyper cannot reuse a connection
+/// whose answer was not read).
 struct Returning {
     body: Incoming,
     ended: bool,
-    back: Option<(Arc<Shared>, SendRequest<Body>)>,
+    back: Option<(Arc<Shared>, http1::SendRequest<Body>)>,
 }
 
 impl HttpBody for Returning {
@@ -294,8 +512,9 @@ mod tests {
     use axum::extract::ConnectInfo;
     use http_body_util::BodyExt as _;
 
-    /// A backend that answers `/n` with the caller's address and `/big` with 64 KB, and counts
-    /// requests.
+    /// A backend, HTTP/1.1 and HTTP/2 alike, that answers `/n` with the caller's address, `/big`
+    /// with 64 KB, `/echo` with the request's version and URI, `/slow` after 300 ms, and counts
+    /// the requests to `/n`.
     async fn backend() -> (http::uri::Authority, Arc<AtomicUsize>) {
         let hits = Arc::new(AtomicUsize::new(0));
         let counted = hits.clone();
@@ -312,6 +531,19 @@ mod tests {
             .route(
                 "/big",
                 axum::routing::get(|| async { "x".repeat(64 * 1024) }),
+            )
+            .route(
+                "/echo",
+                axum::routing::get(|req: http::Request<axum::body::Body>| async move {
+                    format!("{:?} {}", req.version(), req.uri())
+                }),
+            )
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "late"
+                }),
             )
             .route(
                 "/close",
@@ -346,14 +578,14 @@ mod tests {
     #[tokio::test]
     async fn one_connection_serves_calls_one_after_another() {
         let (at, hits) = backend().await;
-        let pool = Pool::new(&at).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
         let mut peers = HashSet::new();
         for _ in 0..20 {
             let res = pool.send(get("/n", &at)).await.expect("answer");
             assert_eq!(res.status(), 200);
             peers.insert(text(res).await);
             assert_eq!(
-                pool.idle(),
+                pool.connections(),
                 1,
                 "the connection is back once its answer was read"
             );
@@ -365,7 +597,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_without_a_body_gives_its_connection_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
         let head = http::Request::head("/n")
             .header(http::header::HOST, at.as_str())
             .body(Body::empty())
@@ -374,37 +606,37 @@ mod tests {
         assert_eq!(res.status(), 200);
         drop(res);
         assert_eq!(
-            pool.idle(),
+            pool.connections(),
             1,
             "the connection of a HEAD answer was not kept"
         );
         let after = text(pool.send(get("/n", &at)).await.expect("answer")).await;
         assert!(after.starts_with("127.0.0.1:"), "{after}");
-        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.connections(), 1);
     }
 
     #[tokio::test]
     async fn calls_at_once_get_connections_of_their_own_and_all_come_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
         let answers = futures::future::join_all((0..8).map(|_| pool.send(get("/big", &at)))).await;
         for res in answers {
             assert_eq!(text(res.expect("answer")).await.len(), 64 * 1024);
         }
-        assert_eq!(pool.idle(), 8);
+        assert_eq!(pool.connections(), 8);
     }
 
     #[tokio::test]
     async fn an_answer_dropped_unread_takes_its_connection_with_it() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
         let res = pool.send(get("/big", &at)).await.expect("answer");
         let mut body = res.into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert!(first.is_data());
         drop(body);
         assert_eq!(
-            pool.idle(),
+            pool.connections(),
             0,
             "a connection with an answer half read was kept"
         );
@@ -415,7 +647,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_backend_closes_is_not_used_again() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
         let first = pool.send(get("/n", &at)).await.expect("answer");
         let first = text(first).await;
         assert_eq!(
@@ -434,12 +666,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_when_too_old() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
         let _ = text(pool.send(get("/n", &at)).await.expect("answer")).await;
         pool.shared.evict(Instant::now());
-        assert_eq!(pool.idle(), 1, "a fresh idle connection was closed");
+        assert_eq!(pool.connections(), 1, "a fresh idle connection was closed");
         pool.shared.evict(Instant::now() + IDLE_TIMEOUT);
-        assert_eq!(pool.idle(), 0);
+        assert_eq!(pool.connections(), 0);
     }
 
     #[tokio::test]
@@ -452,8 +684,104 @@ mod tests {
             .parse()
             .expect("authority");
         drop(listener);
-        let pool = Pool::new(&at).expect("pool");
-        let err = pool.send(get("/n", &at)).await.expect_err("no backend");
-        assert!(matches!(err, PassError::Connect(_)), "{err:?}");
+        for protocol in [Protocol::Http1, Protocol::Http2] {
+            let pool = Pool::new(&at, protocol).expect("pool");
+            let err = pool.send(get("/n", &at)).await.expect_err("no backend");
+            assert!(
+                matches!(err, PassError::Connect(_)),
+                "{protocol:?}: {err:?}"
+            );
+            assert_eq!(pool.connections(), 0);
+        }
+    }
+
+    fn multiplexed(pool: &Pool) -> &Http2Conns {
+        match &pool.shared.conns {
+            Conns::Http2(c) => c,
+            Conns::Http1(_) => panic!("an HTTP/1.1 pool"),
+        }
+    }
+
+    fn streams_in_flight(pool: &Pool) -> usize {
+        multiplexed(pool)
+            .lock()
+            .iter()
+            .map(|c| c.streams.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn over_http2_calls_at_once_share_one_connection() {
+        let (at, hits) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let answers = futures::future::join_all((0..50).map(|_| pool.send(get("/n", &at)))).await;
+        let mut peers = HashSet::new();
+        for res in answers {
+            let res = res.expect("answer");
+            assert_eq!(res.version(), http::Version::HTTP_2);
+            peers.insert(text(res).await);
+        }
+        assert_eq!(hits.load(Ordering::SeqCst), 50);
+        assert_eq!(peers.len(), 1, "connections used: {peers:?}");
+        assert_eq!(pool.connections(), 1);
+        assert_eq!(
+            streams_in_flight(&pool),
+            0,
+            "a finished call kept its stream"
+        );
+        // The path and query arrive as written, the authority in the URI.
+        let echo = text(
+            pool.send(get("/echo?q=a%20b&n=1", &at))
+                .await
+                .expect("answer"),
+        )
+        .await;
+        assert_eq!(echo, format!("HTTP/2.0 http://{at}/echo?q=a%20b&n=1"));
+    }
+
+    #[tokio::test]
+    async fn over_http2_a_full_connection_makes_another() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let calls = STREAMS_PER_CONNECTION + 20;
+        let answers =
+            futures::future::join_all((0..calls).map(|_| pool.send(get("/slow", &at)))).await;
+        assert_eq!(
+            pool.connections(),
+            2,
+            "calls in flight on each: at most {STREAMS_PER_CONNECTION}"
+        );
+        assert_eq!(
+            streams_in_flight(&pool),
+            calls,
+            "answers unread hold their streams"
+        );
+        for res in answers {
+            assert_eq!(text(res.expect("answer")).await, "late");
+        }
+        assert_eq!(streams_in_flight(&pool), 0);
+        // Both stay open while fresh; the reaper closes them once idle too long.
+        pool.shared.evict(Instant::now());
+        assert_eq!(pool.connections(), 2);
+        pool.shared.evict(Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(pool.connections(), 0);
+        assert_eq!(
+            text(pool.send(get("/slow", &at)).await.expect("answer")).await,
+            "late"
+        );
+    }
+
+    #[tokio::test]
+    async fn over_http2_a_dropped_answer_gives_its_stream_back() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let res = pool.send(get("/big", &at)).await.expect("answer");
+        assert_eq!(streams_in_flight(&pool), 1);
+        drop(res);
+        assert_eq!(streams_in_flight(&pool), 0);
+        // The connection is not lost with it: only the stream was reset.
+        let again = pool.send(get("/n", &at)).await.expect("answer");
+        assert_eq!(again.status(), 200);
+        assert_eq!(pool.connections(), 1);
     }
 }
