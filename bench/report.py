@@ -75,6 +75,7 @@ w("")
 ng = [rps(f"tput-nginx-{r}") for r in range(1, rounds + 1)]
 gw = [rps(f"tput-gateway-{r}") for r in range(1, rounds + 1)]
 mi = [rps(f"tput-alt-{r}") for r in range(1, rounds + 1)] if meta["allocators"] else []
+h2 = [rps(f"tput-h2-{r}") for r in range(1, rounds + 1)] if meta.get("h2") else []
 alloc = {"system": "system allocator"}.get(meta.get("allocator"), meta.get("allocator", "mimalloc"))
 ratios = [g / n for g, n in zip(gw, ng)]
 ratio = statistics.median(ratios)
@@ -84,6 +85,9 @@ sep = "|---|---:|---:|---:|---:|---:|"
 if mi:
     head += f" gateway + {alloc} req/s | {alloc} / jemalloc |"
     sep += "---:|---:|"
+if h2:
+    head += " gateway, HTTP/2 to the backend, req/s | HTTP/2 / HTTP/1.1 | its CPU |"
+    sep += "---:|---:|---:|"
 w(head)
 w(sep)
 for i in range(rounds):
@@ -91,13 +95,23 @@ for i in range(rounds):
     row = f"| {i + 1} | {ng[i]:,.0f} | {gw[i]:,.0f} | {ratios[i]:.2f}× | {cpu[0]:.0f}% | {cpu[1]:.0f}% |"
     if mi:
         row += f" {mi[i]:,.0f} | {mi[i] / gw[i]:.2f}× |"
+    if h2:
+        h2_cpu = cpu_secs(f"tput-h2-{i + 1}") / meta["duration"] * 100
+        row += f" {h2[i]:,.0f} | {h2[i] / gw[i]:.2f}× | {h2_cpu:.0f}% |"
     w(row)
 row = f"| median | {statistics.median(ng):,.0f} | {statistics.median(gw):,.0f} | **{ratio:.2f}×** | | |"
 if mi:
     mi_ratio = statistics.median(m_ / g_ for m_, g_ in zip(mi, gw))
     row += f" {statistics.median(mi):,.0f} | **{mi_ratio:.2f}×** |"
+if h2:
+    h2_ratio = statistics.median(h_ / g_ for h_, g_ in zip(h2, gw))
+    row += f" {statistics.median(h2):,.0f} | **{h2_ratio:.2f}×** | |"
 w(row)
-bad = sum(failures(f"tput-{who}-{r}") for who in ("nginx", "gateway") for r in range(1, rounds + 1))
+bad = sum(
+    failures(f"tput-{who}-{r}")
+    for who in ("nginx", "gateway") + (("alt",) if mi else ()) + (("h2",) if h2 else ())
+    for r in range(1, rounds + 1)
+)
 w(
     f"\nCPU is the proxy's user + system time over the run, as a share of one core. "
     f"Load generator ceiling (wrk direct to the backend, same connections): {rps('direct-max'):,.0f} req/s. "
@@ -166,6 +180,11 @@ if meta["allocators"]:
         f"| gateway + {alloc} | {mb(meta['alt_rss_idle_kb']):.1f} MB | {mb(meta['alt_rss_loaded_kb']):.1f} MB "
         f"| {rps('high-alt'):,.0f} |"
     )
+if h2:
+    w(
+        f"| gateway, HTTP/2 to the backend | {mb(meta['h2_rss_idle_kb']):.1f} MB | {mb(meta['h2_rss_loaded_kb']):.1f} MB "
+        f"| {rps('high-h2'):,.0f} |"
+    )
 w(
     f"| nginx (master and workers) | {mb(meta['nginx_rss_idle_kb']):.1f} MB | {mb(meta['nginx_rss_loaded_kb']):.1f} MB "
     f"| {rps('high-nginx'):,.0f} |"
@@ -174,8 +193,15 @@ high_up = json.loads((results / "reuse-high.json").read_text())["gateway"]
 w(
     f"\nThe gateway's RSS a second after the connections closed: {mb(meta['rss_after_kb']):.1f} MB. Client connections "
     f"seen open at once: {meta['high_open']:,}; upstream connections the gateway used meanwhile: "
-    f"{high_up['connections']:,}; failed: {failures('high-gateway')}.\n"
+    f"{high_up['connections']:,}; failed: {failures('high-gateway')}."
 )
+if h2:
+    high_h2 = json.loads((results / "reuse-high-h2.json").read_text())["h2"]
+    w(
+        f"The gateway speaking HTTP/2 to the backend used {high_h2['connections']:,} upstream connections "
+        f"for its {meta['high_conns']:,}; failed: {failures('high-h2')}."
+    )
+w("")
 
 # --- reuse ---
 reuse = json.loads((results / "reuse.json").read_text())
@@ -183,10 +209,10 @@ w("### Upstream connection reuse over the throughput rounds\n")
 w("| proxy | requests to the backend | connections opened | reuse |")
 w("|---|---:|---:|---:|")
 reuse_of = {}
-for who in ("nginx", "gateway") + (("alt",) if meta["allocators"] else ()):
+for who in ("nginx", "gateway") + (("alt",) if meta["allocators"] else ()) + (("h2",) if h2 else ()):
     r = reuse[who]
     reuse_of[who] = 1 - r["connections"] / r["requests"] if r["requests"] else 0.0
-    label = f"gateway + {alloc}" if who == "alt" else who
+    label = {"alt": f"gateway + {alloc}", "h2": "gateway, HTTP/2 to the backend"}.get(who, who)
     w(f"| {label} | {r['requests']:,} | {r['connections']:,} | {reuse_of[who] * 100:.3f}% |")
 w("")
 
@@ -212,6 +238,15 @@ rows = [
     ),
     ("upstream connection reuse ≥ 99.9%", f"{reuse_of['gateway'] * 100:.3f}%", reuse_of["gateway"] >= 0.999),
 ]
+if h2:
+    rows.insert(
+        7,
+        (
+            f"RSS under {meta['high_conns']:,} connections ≤ 64 MB, the backend reached over HTTP/2 (`protocol = \"http2\"`)",
+            f"{mb(meta['h2_rss_loaded_kb']):.1f} MB",
+            mb(meta["h2_rss_loaded_kb"]) <= 64,
+        ),
+    )
 for name, got, ok in rows:
     w(f"| {name} | {got} | {verdict(ok)} |")
 print("\n".join(out))

@@ -5,6 +5,7 @@
 #   bench/run.sh                 # the whole suite, about 4 minutes after the build
 #   DURATION=5 ROUNDS=1 bench/run.sh   # a quick pass
 #   ALLOCATORS=1 bench/run.sh    # also the gateway built with another allocator, interleaved
+#   H2=0 bench/run.sh            # without the gateway that speaks HTTP/2 to the backend
 #
 # Settings (environment):
 #   DURATION     seconds per load run (default 10)
@@ -15,6 +16,8 @@
 #   ACCESS_LOG   0 (default): no access log in either proxy; 1: both log every request to a file
 #   ALLOCATORS   1: add a gateway built with another allocator to the throughput and memory runs
 #   ALLOCATOR    that allocator: system (default; the build uses jemalloc) or mimalloc
+#   H2           1 (default): add a second gateway, the same but for `protocol = "http2"` to the
+#                backend (nginx, cleartext HTTP/2), to the throughput and memory runs; 0: leave it out
 #   SKIP_BUILD   1: use the release binaries already built
 #   OUT          also write the report (markdown) to this file
 #
@@ -29,6 +32,7 @@ PIN=${PIN:-1}
 ACCESS_LOG=${ACCESS_LOG:-0}
 ALLOCATORS=${ALLOCATORS:-0}
 ALLOCATOR=${ALLOCATOR:-system}
+H2=${H2:-1}
 case "$ALLOCATOR" in
   system) ALLOCATOR_FLAGS=(--no-default-features) ;;
   mimalloc) ALLOCATOR_FLAGS=(--features mimalloc) ;;
@@ -109,9 +113,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Free ports, chosen by the kernel.
-read -r P_DIRECT P_FOR_NGINX P_FOR_GW P_FOR_GW2 P_NGINX P_GW P_GW2 P_REST P_GRPC < <(python3 - <<'EOF'
+read -r P_DIRECT P_FOR_NGINX P_FOR_GW P_FOR_GW2 P_FOR_H2 P_NGINX P_GW P_GW2 P_H2 P_REST P_GRPC < <(python3 - <<'EOF'
 import socket
-socks = [socket.socket() for _ in range(9)]
+socks = [socket.socket() for _ in range(11)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))
@@ -163,10 +167,10 @@ nginx_temp_paths() { # DIR
   for t in client_body proxy fastcgi uwsgi scgi; do echo "  ${t}_temp_path $1/${t}_temp;"; done
 }
 
-backend_block() { # PORT NAME
+backend_block() { # PORT NAME [LISTEN OPTION]
   cat <<EOF
   server {
-    listen 127.0.0.1:$1 backlog=4096;
+    listen 127.0.0.1:$1 ${3:-} backlog=4096;
     access_log $WORK/backend/$2.log reuse;
     location / { root $WORK/static; try_files /item.json =404; }
   }
@@ -187,6 +191,7 @@ EOF
   backend_block "$P_FOR_NGINX" nginx
   backend_block "$P_FOR_GW" gateway
   backend_block "$P_FOR_GW2" alt
+  backend_block "$P_FOR_H2" h2 http2   # cleartext HTTP/2 (prior knowledge)
   echo "}"
 } > "$WORK/backend/nginx.conf"
 
@@ -313,6 +318,12 @@ EOF
 # The build with the other allocator, when compared, gets its own port and its own backend port (and log).
 sed -e "s|127.0.0.1:$P_GW\"|127.0.0.1:$P_GW2\"|" -e "s|127.0.0.1:$P_FOR_GW\"|127.0.0.1:$P_FOR_GW2\"|" \
   "$WORK/gateway.toml" >"$WORK/gateway-alt.toml"
+# The gateway that speaks HTTP/2 to the backend: the same but for its ports and the protocol.
+sed -e "s|127.0.0.1:$P_GW\"|127.0.0.1:$P_H2\"|" \
+  -e "s|^url = \"http://127.0.0.1:$P_FOR_GW\"|url = \"http://127.0.0.1:$P_FOR_H2\"\nprotocol = \"http2\"|" \
+  "$WORK/gateway.toml" >"$WORK/gateway-h2.toml"
+grep -q '^protocol = "http2"' "$WORK/gateway-h2.toml" || die "gateway-h2.toml: no protocol line"
+"$GATEWAY_BIN" check --config "$WORK/gateway-h2.toml" >/dev/null
 
 # === start everything ===
 
@@ -338,17 +349,24 @@ if [ "$ALLOCATORS" = 1 ]; then
   start gateway-alt "${PROXY_PIN[@]}" "${GW_ENV[@]}" "$ALT_BIN" --config "$WORK/gateway-alt.toml"
   ALT_PID=$LAST_PID
 fi
+H2_PID=""
+if [ "$H2" = 1 ]; then
+  start gateway-h2 "${PROXY_PIN[@]}" "${GW_ENV[@]}" "$GATEWAY_BIN" --config "$WORK/gateway-h2.toml"
+  H2_PID=$LAST_PID
+fi
 
 DIRECT_URL="http://127.0.0.1:$P_DIRECT/item.json"
 NGINX_URL="http://127.0.0.1:$P_NGINX/api/catalog/item.json"
 GW_URL="http://127.0.0.1:$P_GW/api/catalog/item.json"
 GW2_URL="http://127.0.0.1:$P_GW2/api/catalog/item.json"
+H2_URL="http://127.0.0.1:$P_H2/api/catalog/item.json"
 PROFILE_URL="http://127.0.0.1:$P_GW/api/v2/user/profile"
 wait_http "$DIRECT_URL"
 wait_http "$NGINX_URL"
 wait_http "http://127.0.0.1:$P_REST/healthz"
 wait_http "http://127.0.0.1:$P_GW/healthz"
 [ -z "$ALT_PID" ] || wait_http "http://127.0.0.1:$P_GW2/healthz"
+[ -z "$H2_PID" ] || wait_http "http://127.0.0.1:$P_H2/healthz"
 
 # The answers are the same document through each path.
 for url in "$DIRECT_URL" "$NGINX_URL"; do
@@ -356,6 +374,9 @@ for url in "$DIRECT_URL" "$NGINX_URL"; do
 done
 [ "$(curl -fs "$GW_URL" -H "$AUTH" | wc -c)" = 1024 ] || die "the gateway's pass-through does not answer the 1 KB document"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$GW_URL")" = 401 ] || die "the gateway's pass-through answers without a token"
+if [ -n "$H2_PID" ]; then
+  [ "$(curl -fs "$H2_URL" -H "$AUTH" | wc -c)" = 1024 ] || die "the HTTP/2 gateway's pass-through does not answer the 1 KB document"
+fi
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 rss_total_kb() { # PID...
@@ -375,6 +396,7 @@ pids_of() { # WHO: the processes whose CPU time a run is charged to
     nginx) echo "$PROXY_PID" $(pgrep -P "$PROXY_PID") ;;
     gateway) echo "$GW_PID" ;;
     alt) echo "$ALT_PID" ;;
+    h2) echo "$H2_PID" ;;
     *) echo "$BACKEND_PID" $(pgrep -P "$BACKEND_PID") ;;
   esac
 }
@@ -429,6 +451,8 @@ count_lines() { wc -l <"$WORK/backend/$1.log"; }
 RSS_IDLE_KB=$(rss_kb "$GW_PID")
 ALT_RSS_IDLE_KB=0
 [ -z "$ALT_PID" ] || ALT_RSS_IDLE_KB=$(rss_kb "$ALT_PID")
+H2_RSS_IDLE_KB=0
+[ -z "$H2_PID" ] || H2_RSS_IDLE_KB=$(rss_kb "$H2_PID")
 # shellcheck disable=SC2046
 NGINX_RSS_IDLE_KB=$(rss_total_kb $(pids_of nginx))
 
@@ -437,9 +461,10 @@ load direct-max direct wrk "$DIRECT_URL" -d "${DURATION}s" -c "$CONNS"
 load warm-nginx nginx wrk "$NGINX_URL" -d 2s -c "$CONNS"
 load warm-gateway gateway wrk "$GW_URL" -d 2s -c "$CONNS" -H "$AUTH"
 [ -z "$ALT_PID" ] || load warm-alt alt wrk "$GW2_URL" -d 2s -c "$CONNS" -H "$AUTH"
+[ -z "$H2_PID" ] || load warm-h2 h2 wrk "$H2_URL" -d 2s -c "$CONNS" -H "$AUTH"
 
 # Throughput: closed loop, CONNS connections, interleaved so both see the same machine.
-LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt)"
+LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt) $(count_lines h2)"
 for r in $(seq "$ROUNDS"); do
   log "throughput round $r/$ROUNDS: nginx"
   load "tput-nginx-$r" nginx wrk "$NGINX_URL" -d "${DURATION}s" -c "$CONNS"
@@ -448,6 +473,10 @@ for r in $(seq "$ROUNDS"); do
   if [ -n "$ALT_PID" ]; then
     log "throughput round $r/$ROUNDS: gateway with $ALLOCATOR"
     load "tput-alt-$r" alt wrk "$GW2_URL" -d "${DURATION}s" -c "$CONNS" -H "$AUTH"
+  fi
+  if [ -n "$H2_PID" ]; then
+    log "throughput round $r/$ROUNDS: gateway speaking HTTP/2 to the backend"
+    load "tput-h2-$r" h2 wrk "$H2_URL" -d "${DURATION}s" -c "$CONNS" -H "$AUTH"
   fi
 done
 sleep 1
@@ -460,7 +489,7 @@ d, skips = sys.argv[1], [int(n) for n in sys.argv[2:]]
 def reuse(name, skip):
     lines = [l for l in open(f"{d}/{name}.log").read().split("\n")[skip:] if l.strip()]
     return {"requests": len(lines), "connections": len({l.split()[0] for l in lines})}
-print(json.dumps({n: reuse(n, k) for n, k in zip(("nginx", "gateway", "alt"), skips)}))
+print(json.dumps({n: reuse(n, k) for n, k in zip(("nginx", "gateway", "alt", "h2"), skips)}))
 EOF
 }
 reuse_since "$LINES_BEFORE" >"$WORK/results/reuse.json"
@@ -546,7 +575,7 @@ high_conns() { # WHO PORT URL [ARGS...]: peak RSS in kB and peak open connection
   wait "$sampler" 2>/dev/null || true
   cat "$WORK/peak-$who"
 }
-LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt)"
+LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt) $(count_lines h2)"
 read -r RSS_LOADED_KB HIGH_OPEN < <(high_conns gateway "$P_GW" "$GW_URL" -H "$AUTH")
 reuse_since "$LINES_BEFORE" >"$WORK/results/reuse-high.json"
 sleep 1
@@ -554,6 +583,12 @@ RSS_AFTER_KB=$(rss_kb "$GW_PID")
 read -r NGINX_RSS_LOADED_KB _ < <(high_conns nginx "$P_NGINX" "$NGINX_URL")
 ALT_RSS_LOADED_KB=0
 [ -z "$ALT_PID" ] || read -r ALT_RSS_LOADED_KB _ < <(high_conns alt "$P_GW2" "$GW2_URL" -H "$AUTH")
+H2_RSS_LOADED_KB=0
+if [ -n "$H2_PID" ]; then
+  LINES_BEFORE="$(count_lines nginx) $(count_lines gateway) $(count_lines alt) $(count_lines h2)"
+  read -r H2_RSS_LOADED_KB _ < <(high_conns h2 "$P_H2" "$H2_URL" -H "$AUTH")
+  reuse_since "$LINES_BEFORE" >"$WORK/results/reuse-high-h2.json"
+fi
 
 # === report ===
 
@@ -577,6 +612,7 @@ python3 "$BENCH/report.py" "$WORK/results" <<EOF | tee ${OUT:+"$OUT"}
  "high_open": $HIGH_OPEN, "fanout_latency_ms": $FANOUT_LATENCY_MS, "rate_gw": $RATE_GW,
  "nginx_rss_idle_kb": $NGINX_RSS_IDLE_KB, "nginx_rss_loaded_kb": $NGINX_RSS_LOADED_KB,
  "alt_rss_idle_kb": $ALT_RSS_IDLE_KB, "alt_rss_loaded_kb": $ALT_RSS_LOADED_KB,
+ "h2": $H2, "h2_rss_idle_kb": $H2_RSS_IDLE_KB, "h2_rss_loaded_kb": $H2_RSS_LOADED_KB,
  "rss_idle_kb": $RSS_IDLE_KB, "rss_loaded_kb": $RSS_LOADED_KB, "rss_after_kb": $RSS_AFTER_KB,
  "machine": $machine_json}
 EOF

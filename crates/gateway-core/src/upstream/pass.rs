@@ -784,4 +784,54 @@ mod tests {
         assert_eq!(again.status(), 200);
         assert_eq!(pool.connections(), 1);
     }
+
+    #[tokio::test]
+    async fn over_http2_a_backend_that_went_away_gets_a_new_connection() {
+        let serve = |listener: tokio::net::TcpListener| {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let app = axum::Router::new().route("/n", axum::routing::get(|| async { "up" }));
+            let server = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            (stop, server)
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let at: http::uri::Authority = addr.to_string().parse().expect("authority");
+        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let (stop, server) = serve(listener);
+        assert_eq!(
+            text(pool.send(get("/n", &at)).await.expect("answer")).await,
+            "up"
+        );
+        // The backend restarts: its connections close (HTTP/2 says GOAWAY) and it listens again.
+        let _ = stop.send(());
+        let _ = server.await;
+        let (_stop, _server) = serve(tokio::net::TcpListener::bind(addr).await.expect("rebind"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while multiplexed(&pool)
+            .lock()
+            .iter()
+            .any(|c| !c.sender.is_closed())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the closed connection looks open"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                text(pool.send(get("/n", &at)).await.expect("answer")).await,
+                "up"
+            );
+        }
+        assert_eq!(pool.connections(), 1, "the closed connection was kept");
+    }
 }
