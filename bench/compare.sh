@@ -7,7 +7,8 @@
 #   git stash pop && cargo build --release -p bff-mobile
 #   bench/compare.sh /tmp/before target/release/bff-mobile
 #
-# Settings (environment): ROUNDS (default 5), DURATION seconds per run (default 8), CONNS (64).
+# Settings (environment): ROUNDS (default 5), DURATION seconds per run (default 8), CONNS (64),
+# ACCEPT_ENCODING (none by default: no compression; `gzip` or `br` to measure the mobile BFF's).
 # Needs: python3, taskset, nginx and wrk. Both gateways on CPU 1 with one runtime worker each (one
 # under load at a time), the load generator and the static backend on CPU 0.
 set -euo pipefail
@@ -18,6 +19,7 @@ AFTER=$(realpath "$2")
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
+ACCEPT_ENCODING=${ACCEPT_ENCODING:-}
 
 die() { printf '[compare] error: %s\n' "$*" >&2; exit 1; }
 if ! command -v nginx >/dev/null && [ -x /usr/sbin/nginx ]; then PATH="$PATH:/usr/sbin"; fi
@@ -139,8 +141,10 @@ for port in "$P_BEFORE" "$P_AFTER"; do
 done
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ENCODING=()
+[ -z "$ACCEPT_ENCODING" ] || ENCODING=(-H "Accept-Encoding: $ACCEPT_ENCODING")
 run() { # PORT SECONDS: requests per second
-  taskset -c 0 wrk -t1 -c "$CONNS" -d "${2}s" -H "Authorization: Bearer $TOKEN" "$(url "$1")" |
+  taskset -c 0 wrk -t1 -c "$CONNS" -d "${2}s" -H "Authorization: Bearer $TOKEN" "${ENCODING[@]}" "$(url "$1")" |
     awk '/Requests\/sec/ {print $2}'
 }
 run "$P_BEFORE" 2 >/dev/null
