@@ -1,6 +1,7 @@
 //! Calls to backends: one pooled HTTP client for every REST upstream (keep-alive; another for
-//! those that speak HTTP/2), one lazily connected HTTP/2 channel per gRPC upstream, and the per-request context every call carries
-//! downstream (identity, request id, `traceparent`, deadline).
+//! those that speak HTTP/2), one lazily connected HTTP/2 channel per gRPC upstream, and the
+//! per-request context every call carries downstream (identity, request id, `traceparent`,
+//! deadline).
 //!
 //! A call's path: the version (primary, or the alternate of a traffic [`split`]) picked by the
 //! caller's subject; an instance picked by the balancer; the concurrency cap; the breaker;

@@ -40,7 +40,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Calls one HTTP/2 connection carries at once before another is opened: the least a server
 /// should allow (RFC 9113 recommends no fewer than 100; nginx allows 128, hyper 200). A server
 /// that allows fewer makes the calls beyond its limit wait for a stream on the connection.
-pub(crate) const STREAMS_PER_CONNECTION: usize = 100;
+const STREAMS_PER_CONNECTION: usize = 100;
 /// Time between pings on an HTTP/2 connection with calls in flight, and how long an answer to
 /// one may take before the connection is taken for dead.
 const PING_EVERY: Duration = Duration::from_secs(30);
