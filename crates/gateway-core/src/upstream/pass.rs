@@ -57,6 +57,9 @@ pub(crate) enum PassError {
     /// The exchange failed: the connection, or the request's body.
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// Every connection tried closed before the call could go out on it.
+    #[error("no connection took the call")]
+    Unsent,
 }
 
 /// The pooled connections to one instance.
@@ -205,6 +208,9 @@ impl Pool {
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, PassError> {
         let mut req = for_http2(req, &self.shared.origin);
+        // A call without a body can go out again if the backend turns it away unprocessed; its
+        // head is kept for that.
+        let head = HttpBody::is_end_stream(req.body()).then(|| Head::of(&req));
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -212,7 +218,7 @@ impl Pool {
                 Some(picked) => picked,
                 None => self.connect_http2(conns).await?,
             };
-            match sender.try_send_request(req).await {
+            let unsent = match sender.try_send_request(req).await {
                 Ok(res) => {
                     return Ok(res.map(|body| {
                         Body::new(Streaming {
@@ -221,11 +227,22 @@ impl Pool {
                         })
                     }));
                 }
-                // The connection closed before the call went out on it: another one takes it.
                 Err(mut e) => match e.take_message() {
-                    Some(unsent) if attempts < UNSENT_ATTEMPTS => req = unsent,
-                    _ => return Err(e.into_error().into()),
+                    // The connection closed before the call went out on it.
+                    Some(unsent) => Ok(unsent),
+                    // The backend is closing the connection (GOAWAY) or refused the stream: the
+                    // call was not processed (RFC 9113, 8.7). The connection takes no new calls.
+                    None if turned_away(e.error()) => {
+                        conns.retire(&stream);
+                        head.as_ref().map(Head::request).ok_or(e.into_error())
+                    }
+                    None => Err(e.into_error()),
                 },
+            };
+            match unsent {
+                Ok(again) if attempts < UNSENT_ATTEMPTS => req = again,
+                Ok(_) => return Err(PassError::Unsent),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -292,6 +309,46 @@ fn for_http2(mut req: http::Request<Body>, origin: &http::Uri) -> http::Request<
     }
     *req.version_mut() = http::Version::HTTP_2;
     req
+}
+
+/// Whether an HTTP/2 exchange failed because the backend turned the call away without processing
+/// it: a GOAWAY that left the call's stream out, or a refused stream.
+fn turned_away(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The head of a call without a body, to send it again.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(req: &http::Request<Body>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request(&self) -> http::Request<Body> {
+        let mut req = http::Request::new(Body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        *req.version_mut() = http::Version::HTTP_2;
+        req
+    }
 }
 
 impl Shared {
@@ -364,6 +421,12 @@ impl Http2Conns {
             .find(|c| c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)?;
         c.last_used = Instant::now();
         Some((c.sender.clone(), Stream::take(&c.streams)))
+    }
+
+    /// Takes the connection of `stream` out of the pool: it finishes the calls it has, and takes
+    /// no more.
+    fn retire(&self, stream: &Stream) {
+        self.lock().retain(|c| !Arc::ptr_eq(&c.streams, &stream.0));
     }
 
     /// Keeps a new connection, and takes the first stream on it.
@@ -833,5 +896,81 @@ mod tests {
             );
         }
         assert_eq!(pool.connections(), 1, "the closed connection was kept");
+    }
+
+    /// An HTTP/2 backend that closes each connection (GOAWAY) after `per_connection` calls and
+    /// refuses the streams that arrive meanwhile, as nginx does after `keepalive_requests`; each
+    /// answer takes 5 ms, so calls are in flight when it does. Counts the connections it accepted.
+    async fn going_away_backend(per_connection: usize) -> (http::uri::Authority, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let at = listener
+            .local_addr()
+            .expect("addr")
+            .to_string()
+            .parse()
+            .expect("authority");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    let mut served = 0;
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        served += 1;
+                        if served > per_connection {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            if let Ok(mut body) =
+                                respond.send_response(http::Response::new(()), false)
+                            {
+                                let _ = body.send_data(bytes::Bytes::from_static(b"ok"), true);
+                            }
+                        });
+                        if served == per_connection {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        (at, accepted)
+    }
+
+    #[tokio::test]
+    async fn over_http2_calls_a_closing_backend_turned_away_go_out_again() {
+        let (at, accepted) = going_away_backend(40).await;
+        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        // Fewer calls at once than one connection carries: only GOAWAYs open more.
+        for wave in 0..3 {
+            let answers =
+                futures::future::join_all((0..90).map(|_| pool.send(get("/n", &at)))).await;
+            let failed: Vec<String> = answers
+                .iter()
+                .filter_map(|a| a.as_ref().err().map(|e| format!("{e:?}")))
+                .collect();
+            assert!(
+                failed.is_empty(),
+                "wave {wave}: {} of 90 failed: {:?}",
+                failed.len(),
+                &failed[..failed.len().min(3)]
+            );
+            for res in answers {
+                assert_eq!(text(res.expect("answer")).await, "ok");
+            }
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(
+            opened >= 3,
+            "the backend closed no connection: {opened} opened"
+        );
     }
 }
