@@ -2,7 +2,7 @@
 # The gateway against nginx on one machine, in one run. See BENCHMARKS.md for what each figure
 # means and the targets it is held to.
 #
-#   bench/run.sh                 # the whole suite, about 4 minutes after the build
+#   bench/run.sh                 # the whole suite, about 6 minutes after the build
 #   DURATION=5 ROUNDS=1 bench/run.sh   # a quick pass
 #   ALLOCATORS=1 bench/run.sh    # also the gateway built with another allocator, interleaved
 #   H2=0 bench/run.sh            # without the gateway that speaks HTTP/2 to the backend
