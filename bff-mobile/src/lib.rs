@@ -114,12 +114,17 @@ pub fn app(gw: Gw) -> App {
             Arc::new(minimum),
             version::enforce,
         ));
-    gw.router(api).layer(
-        CompressionLayer::new()
-            .gzip(true)
-            .br(true)
-            .compress_when(compress::Compressible),
-    )
+    gw.router(api).layer(compression())
+}
+
+/// The mobile BFF's answer compression: gzip or brotli, as the client's `Accept-Encoding` asks,
+/// at tower-http's levels (gzip 6 on zlib-rs, brotli 4), for answers of 32 bytes or more that are
+/// not images, gRPC or event streams.
+pub fn compression() -> CompressionLayer<impl tower_http::compression::Predicate> {
+    CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .compress_when(compress::Compressible)
 }
 
 /// `GET /api/v2/user/profile`: user, subscription and preferences in one compact object.
