@@ -26,6 +26,22 @@ async fn get(bff: &TestBff, path: &str, token: &str) -> reqwest::Response {
         .expect("request")
 }
 
+/// `POST /api/catalog/search` for `query`, its body streamed through the pass-through route:
+/// the backend's answer, which names the query it read.
+async fn search(bff: &TestBff, token: &str, query: &str) -> Value {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/catalog/search", bff.url))
+        .bearer_auth(token)
+        .json(&json!({"query": query, "limit": 3}))
+        .send()
+        .await
+        .expect("search");
+    assert_eq!(res.status(), StatusCode::OK);
+    let found: Value = res.json().await.expect("json");
+    assert_eq!(found["query"], query);
+    found
+}
+
 fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
     res.headers()
         .get(name)
@@ -558,16 +574,7 @@ async fn the_catalog_is_passed_through_under_auth_and_limits() {
     );
 
     // A request body is streamed through.
-    let res = http
-        .post(format!("{}/api/catalog/search", bff.url))
-        .bearer_auth(&token)
-        .json(&json!({"query": "kingdom", "limit": 3}))
-        .send()
-        .await
-        .expect("search");
-    assert_eq!(res.status(), StatusCode::OK);
-    let found: Value = res.json().await.expect("json");
-    assert_eq!(found["query"], "kingdom");
+    let found = search(&bff, &token, "kingdom").await;
     assert!(
         found["items"].as_array().is_some_and(|i| !i.is_empty()),
         "{found}"
@@ -637,16 +644,7 @@ async fn the_content_service_can_be_reached_over_http2() {
             .to_owned();
         assert_eq!(first, format!("item-{:03}", i + 1), "offset {i}: {page}");
     }
-    let res = http
-        .post(format!("{}/api/catalog/search", bff.url))
-        .bearer_auth(&token)
-        .json(&json!({"query": "kingdom", "limit": 3}))
-        .send()
-        .await
-        .expect("search");
-    assert_eq!(res.status(), StatusCode::OK);
-    let found: Value = res.json().await.expect("json");
-    assert_eq!(found["query"], "kingdom");
+    search(&bff, &token, "kingdom").await;
     let res = get(&bff, "/api/catalog/items/item-999999", &token).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }

@@ -142,7 +142,7 @@ impl Pool {
 
     /// Sends `req` (its URI in origin form, its `Host` set) on a pooled connection, or on a new
     /// one. Over HTTP/1.1 the answer's body hands the connection back when it has been read to
-    /// its end; over HTTP/2 it gives its stream back when it is done with.
+    /// its end; over HTTP/2 it gives its stream back then, or when dropped.
     pub(crate) async fn send(
         &self,
         mut req: http::Request<Body>,
@@ -219,14 +219,7 @@ impl Pool {
                 None => self.connect_http2(conns).await?,
             };
             let unsent = match sender.try_send_request(req).await {
-                Ok(res) => {
-                    return Ok(res.map(|body| {
-                        Body::new(Streaming {
-                            body,
-                            _stream: stream,
-                        })
-                    }));
-                }
+                Ok(res) => return Ok(returning(Back::Http2(stream), res)),
                 Err(mut e) => match e.take_message() {
                     // The connection closed before the call went out on it.
                     Some(unsent) => Ok(unsent),
@@ -271,16 +264,20 @@ impl Pool {
         sender: http1::SendRequest<Body>,
         res: http::Response<Incoming>,
     ) -> http::Response<Body> {
-        let shared = Arc::clone(&self.shared);
-        res.map(|body| {
-            let ended = body.is_end_stream();
-            Body::new(Returning {
-                body,
-                ended,
-                back: Some((shared, sender)),
-            })
-        })
+        returning(Back::Http1(Arc::clone(&self.shared), sender), res)
     }
+}
+
+/// `res` with a body that gives `back` its connection or stream when done.
+fn returning(back: Back, res: http::Response<Incoming>) -> http::Response<Body> {
+    res.map(|body| {
+        let ended = body.is_end_stream();
+        Body::new(Returning {
+            body,
+            ended,
+            back: Some(back),
+        })
+    })
 }
 
 /// Runs a connection's task: it ends when the backend closes the connection, or when the pool
@@ -472,39 +469,20 @@ impl Drop for Stream {
     }
 }
 
-/// An answer's body over HTTP/2, holding its call's stream until it is done with.
-struct Streaming {
-    body: Incoming,
-    _stream: Stream,
-}
-
-impl HttpBody for Streaming {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// An answer's body over HTTP/1.1 that gives its connection back to the pool once read to its
-/// end. Dropped before that, the connection closes with it (hyper cannot reuse a connection
-/// whose answer was not read).
+/// An answer's body that gives what carried it back once read to its end: over HTTP/1.1 the
+/// connection, to the pool; over HTTP/2 the call's stream. Dropped before that, an HTTP/1.1
+/// connection closes with it (hyper cannot reuse a connection whose answer was not read), and an
+/// HTTP/2 stream is reset and given back.
 struct Returning {
     body: Incoming,
     ended: bool,
-    back: Option<(Arc<Shared>, http1::SendRequest<Body>)>,
+    back: Option<Back>,
+}
+
+/// What an answer's body gives back.
+enum Back {
+    Http1(Arc<Shared>, http1::SendRequest<Body>),
+    Http2(Stream),
 }
 
 impl HttpBody for Returning {
@@ -538,8 +516,11 @@ impl HttpBody for Returning {
 
 impl Returning {
     fn give_back(&mut self) {
-        let Some((shared, mut sender)) = self.back.take() else {
-            return;
+        let (shared, mut sender) = match self.back.take() {
+            Some(Back::Http1(shared, sender)) => (shared, sender),
+            // The stream is free for another call once its answer is read.
+            Some(Back::Http2(stream)) => return drop(stream),
+            None => return,
         };
         if sender.is_ready() {
             shared.put(sender);
