@@ -11,8 +11,9 @@ impl Upstream {
     /// Sends `method target` with `headers` and a streamed `body` to the instance the balancer
     /// picks, through the circuit breaker and concurrency cap, on pooled connections (the
     /// instance's own for `http://` instances, the shared REST client's for `https://`). Waits at
-    /// most `timeout` for the answer's head; the body is the caller's to stream. Never retried
-    /// (the body is consumed); a 5xx answer is an answer, passed on, not an error. Not an
+    /// most `timeout` for the answer's head; the body is the caller's to stream. Not retried
+    /// (the body is consumed; over HTTP/2 the pool sends again a call without a body that the
+    /// backend turned away unprocessed); a 5xx answer is an answer, passed on, not an error. Not an
     /// `async fn`: it would keep room for the request's parts beside the call's own future.
     pub fn send(
         &self,
