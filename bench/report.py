@@ -112,10 +112,22 @@ bad = sum(
     for who in ("nginx", "gateway") + (("alt",) if mi else ()) + (("h2",) if h2 else ())
     for r in range(1, rounds + 1)
 )
+ceiling = rps("direct-max")
+cpu_per_request = {
+    who: statistics.median(us_per_request(f"tput-{who}-{r}") for r in range(1, rounds + 1))
+    for who in ("nginx", "gateway")
+}
+cpu_ratio = cpu_per_request["gateway"] / cpu_per_request["nginx"]
+# A proxy within 10% of what the load generator reaches without one is held back by the load
+# generator: its rate then says more about the machine than about the proxy.
+load_bound = statistics.median(ng) >= 0.9 * ceiling
 w(
-    f"\nCPU is the proxy's user + system time over the run, as a share of one core. "
-    f"Load generator ceiling (wrk direct to the backend, same connections): {rps('direct-max'):,.0f} req/s. "
-    f"Failed or non-200 answers in the rounds: {bad}.\n"
+    f"\nCPU is the proxy's user + system time over the run, as a share of one core; per request "
+    f"(median of the rounds) nginx {cpu_per_request['nginx']:.1f} µs, the gateway "
+    f"{cpu_per_request['gateway']:.1f} µs (**{cpu_ratio:.2f}×**). "
+    f"Load generator ceiling (wrk direct to the backend, same connections): {ceiling:,.0f} req/s"
+    + (" (nginx within 10% of it: the ratio above is bound by the load generator, and CPU per request is the better comparison)" if load_bound else "")
+    + f". Failed or non-200 answers in the rounds: {bad}.\n"
 )
 
 # --- latency ---
@@ -221,7 +233,12 @@ w("### Targets\n")
 w("| target | measured | verdict |")
 w("|---|---|---|")
 rows = [
-    (f"throughput ≥ 1.0× nginx at {meta['conns']} connections", f"{ratio:.2f}×", ratio >= 1.0),
+    (
+        f"throughput ≥ 1.0× nginx at {meta['conns']} connections",
+        f"{ratio:.2f}× (CPU per request {cpu_ratio:.2f}× nginx's)"
+        + ("; nginx at the load generator's ceiling" if load_bound else ""),
+        ratio >= 1.0,
+    ),
     ("added latency p50 ≤ 100 µs at half nginx's max rate", f"{gw_added[0]:,.0f} µs", gw_added[0] <= 100),
     ("added latency p99 ≤ 1 ms at half nginx's max rate", f"{gw_added[1]:,.0f} µs", gw_added[1] <= 1000),
     (f"three parts of {part} ms: p50 ≤ {part + 0.2:.1f} ms", f"{fan_p50:.2f} ms", fan_p50 <= part + 0.2),
@@ -249,4 +266,9 @@ if h2:
     )
 for name, got, ok in rows:
     w(f"| {name} | {got} | {verdict(ok)} |")
+if load_bound and ratio >= 1.0:
+    w(
+        "\nThe throughput PASS is bound by the load generator: nginx ran within 10% of its ceiling, "
+        "so the ratio says the gateway kept up, not that it would on a faster load generator."
+    )
 print("\n".join(out))

@@ -705,7 +705,8 @@ pub struct UpstreamConfig {
     /// a second instance too, and the first answer wins. Off when absent; needs several instances.
     #[serde(default)]
     pub hedge_after_ms: Option<u64>,
-    /// Calls in flight at most; more are shed at once (`overloaded`). 0: no cap.
+    /// Calls in flight at most; more are shed at once (`overloaded`). 0: no cap. Also the idle
+    /// connections each instance keeps, at most (1,024 with no cap).
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: u32,
     /// Retries of a failed idempotent call (never of writes, never after a timeout).

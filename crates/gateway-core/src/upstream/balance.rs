@@ -27,6 +27,8 @@ pub struct Dial {
     pub connect_timeout: Duration,
     /// The HTTP version of REST and pass-through calls.
     pub protocol: super::Protocol,
+    /// Idle HTTP/1.1 pass-through connections kept, at most.
+    pub max_idle: usize,
 }
 
 impl From<Duration> for Dial {
@@ -34,6 +36,7 @@ impl From<Duration> for Dial {
         Self {
             connect_timeout,
             protocol: super::Protocol::Http1,
+            max_idle: super::pass::DEFAULT_MAX_IDLE,
         }
     }
 }
@@ -68,6 +71,7 @@ impl Instance {
         let Dial {
             connect_timeout,
             protocol,
+            max_idle,
         } = dial.into();
         let base = base.trim_end_matches('/');
         let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
@@ -82,7 +86,7 @@ impl Instance {
             };
             Some(Plain {
                 host: host.ok()?,
-                pool: super::pass::Pool::new(authority, protocol)?,
+                pool: super::pass::Pool::new(authority, protocol, max_idle)?,
                 prefix: uri.path().trim_end_matches('/').to_owned(),
             })
         });

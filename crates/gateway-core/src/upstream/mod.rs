@@ -486,6 +486,7 @@ impl Upstream {
         let dial = Dial {
             connect_timeout: timeout,
             protocol: c.protocol,
+            max_idle: max_idle(c),
         };
         let urls: Vec<&String> = urls.collect();
         // With DNS discovery the URLs as written serve until the first resolution, moments later.
@@ -560,15 +561,25 @@ impl Upstream {
     }
 }
 
+/// Idle connections an instance of the upstream keeps, at most: as many as its calls in flight
+/// may be, so that a burst's connections are there for the next one rather than closed and
+/// opened again; idle ones are closed after 90 s.
+fn max_idle(c: &UpstreamConfig) -> usize {
+    match c.max_concurrent {
+        0 => pass::DEFAULT_MAX_IDLE,
+        cap => cap as usize,
+    }
+}
+
 /// The pooled client of REST calls (and pass-through calls to `https://` instances) of the
-/// upstreams that speak `protocol`.
-fn rest_client(protocol: Protocol) -> Result<reqwest::Client, ConfigError> {
+/// upstreams that speak `protocol`, keeping `max_idle` idle connections per host at most.
+fn rest_client(protocol: Protocol, max_idle: usize) -> Result<reqwest::Client, ConfigError> {
     let builder = reqwest::Client::builder()
         // A redirect is an answer: passed through to the client or failed, never followed to
         // wherever a backend points.
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(max_idle)
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(2))
         .connector_layer(tower::layer::layer_fn(CountConnections));
@@ -595,12 +606,19 @@ impl Upstreams {
     pub fn new(cfg: &BTreeMap<String, UpstreamConfig>) -> Result<Self, ConfigError> {
         // Installed before the series below are registered, so none is registered nowhere.
         crate::telemetry::metrics_handle();
-        let http = rest_client(Protocol::Http1)?;
+        let idle = |protocol| {
+            cfg.values()
+                .filter(|c| c.protocol == protocol)
+                .map(max_idle)
+                .max()
+                .unwrap_or(pass::DEFAULT_MAX_IDLE)
+        };
+        let http = rest_client(Protocol::Http1, idle(Protocol::Http1))?;
         // Built only when some upstream speaks HTTP/2.
         let http2 = cfg
             .values()
             .any(|c| c.protocol == Protocol::Http2)
-            .then(|| rest_client(Protocol::Http2))
+            .then(|| rest_client(Protocol::Http2, idle(Protocol::Http2)))
             .transpose()?;
         let by_name = cfg
             .iter()
@@ -853,6 +871,25 @@ mod tests {
         assert_eq!(attempts(&up, UpstreamError::Failed("x".into())).await, 3);
         assert_eq!(attempts(&up, UpstreamError::Timeout).await, 1);
         assert_eq!(attempts(&up, UpstreamError::NotFound).await, 1);
+    }
+
+    #[test]
+    fn instances_keep_as_many_idle_connections_as_calls_may_be_in_flight() {
+        let capped = UpstreamConfig {
+            max_concurrent: 8,
+            ..UpstreamConfig::at("http://127.0.0.1:9")
+        };
+        assert_eq!(max_idle(&capped), 8);
+        let uncapped = UpstreamConfig {
+            max_concurrent: 0,
+            ..capped
+        };
+        assert_eq!(max_idle(&uncapped), pass::DEFAULT_MAX_IDLE);
+        assert_eq!(
+            max_idle(&UpstreamConfig::at("http://127.0.0.1:9")),
+            1024,
+            "the default cap on calls in flight"
+        );
     }
 
     #[tokio::test]

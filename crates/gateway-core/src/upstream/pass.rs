@@ -31,8 +31,11 @@ use tower::ServiceExt as _;
 
 use super::{CountConnections, Protocol};
 
-/// Idle connections kept per instance, at most; beyond, the longest idle is closed.
-const MAX_IDLE: usize = 256;
+/// Idle HTTP/1.1 connections kept per instance, at most, when the upstream sets no cap on its
+/// calls in flight; beyond, the longest idle is closed. An upstream with a cap keeps as many idle
+/// as it may have calls in flight: a connection closed when it comes back would be opened again
+/// by the next burst (and leave a socket waiting out `TIME_WAIT` each time).
+pub(crate) const DEFAULT_MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed rather than used.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long making a connection may take.
@@ -83,9 +86,10 @@ enum Conns {
 }
 
 /// HTTP/1.1: the idle connections, oldest first; taken from the back.
-#[derive(Default)]
 struct Http1Conns {
     idle: Mutex<VecDeque<Idle>>,
+    /// Idle connections kept, at most.
+    max_idle: usize,
 }
 
 struct Idle {
@@ -116,8 +120,13 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool for the instance at `authority`, speaking `protocol`, empty until the first call.
-    pub(crate) fn new(authority: &http::uri::Authority, protocol: Protocol) -> Option<Self> {
+    /// A pool for the instance at `authority`, speaking `protocol`, empty until the first call,
+    /// keeping at most `max_idle` idle HTTP/1.1 connections (at least one).
+    pub(crate) fn new(
+        authority: &http::uri::Authority,
+        protocol: Protocol,
+        max_idle: usize,
+    ) -> Option<Self> {
         let origin = http::Uri::builder()
             .scheme(http::uri::Scheme::HTTP)
             .authority(authority.clone())
@@ -132,7 +141,10 @@ impl Pool {
                 origin,
                 connector: CountConnections(connector),
                 conns: match protocol {
-                    Protocol::Http1 => Conns::Http1(Http1Conns::default()),
+                    Protocol::Http1 => Conns::Http1(Http1Conns {
+                        idle: Mutex::default(),
+                        max_idle: max_idle.max(1),
+                    }),
                     Protocol::Http2 => Conns::Http2(Http2Conns::default()),
                 },
                 reaping: AtomicBool::new(false),
@@ -394,10 +406,9 @@ impl Http1Conns {
         }
         let now = Instant::now();
         let mut idle = self.lock();
-        while idle
-            .front()
-            .is_some_and(|c| idle.len() >= MAX_IDLE || now.duration_since(c.since) >= IDLE_TIMEOUT)
-        {
+        while idle.front().is_some_and(|c| {
+            idle.len() >= self.max_idle || now.duration_since(c.since) >= IDLE_TIMEOUT
+        }) {
             idle.pop_front();
         }
         idle.push_back(Idle { sender, since: now });
@@ -622,7 +633,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_serves_calls_one_after_another() {
         let (at, hits) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
         let mut peers = HashSet::new();
         for _ in 0..20 {
             let res = pool.send(get("/n", &at)).await.expect("answer");
@@ -641,7 +652,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_without_a_body_gives_its_connection_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
         let head = http::Request::head("/n")
             .header(http::header::HOST, at.as_str())
             .body(Body::empty())
@@ -662,7 +673,7 @@ mod tests {
     #[tokio::test]
     async fn calls_at_once_get_connections_of_their_own_and_all_come_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
         let answers = futures::future::join_all((0..8).map(|_| pool.send(get("/big", &at)))).await;
         for res in answers {
             assert_eq!(text(res.expect("answer")).await.len(), 64 * 1024);
@@ -671,9 +682,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idle_connections_beyond_the_cap_are_closed_and_the_rest_serve_the_next_burst() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http1, 3).expect("pool");
+        let burst = || futures::future::join_all((0..5).map(|_| pool.send(get("/n", &at))));
+        let mut first = HashSet::new();
+        for res in burst().await {
+            first.insert(text(res.expect("answer")).await);
+        }
+        assert_eq!(first.len(), 5, "calls at once shared a connection");
+        assert_eq!(
+            pool.connections(),
+            3,
+            "idle connections kept beyond the cap"
+        );
+        let mut second = HashSet::new();
+        for res in burst().await {
+            second.insert(text(res.expect("answer")).await);
+        }
+        assert_eq!(
+            second.intersection(&first).count(),
+            3,
+            "the kept connections did not serve the next burst"
+        );
+        assert_eq!(pool.connections(), 3);
+    }
+
+    #[tokio::test]
     async fn an_answer_dropped_unread_takes_its_connection_with_it() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
         let res = pool.send(get("/big", &at)).await.expect("answer");
         let mut body = res.into_body();
         let first = body.frame().await.expect("a frame").expect("data");
@@ -691,7 +729,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_backend_closes_is_not_used_again() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
         let first = pool.send(get("/n", &at)).await.expect("answer");
         let first = text(first).await;
         assert_eq!(
@@ -710,7 +748,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_when_too_old() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
         let _ = text(pool.send(get("/n", &at)).await.expect("answer")).await;
         pool.shared.evict(Instant::now());
         assert_eq!(pool.connections(), 1, "a fresh idle connection was closed");
@@ -729,7 +767,7 @@ mod tests {
             .expect("authority");
         drop(listener);
         for protocol in [Protocol::Http1, Protocol::Http2] {
-            let pool = Pool::new(&at, protocol).expect("pool");
+            let pool = Pool::new(&at, protocol, DEFAULT_MAX_IDLE).expect("pool");
             let err = pool.send(get("/n", &at)).await.expect_err("no backend");
             assert!(
                 matches!(err, PassError::Connect(_)),
@@ -757,7 +795,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_calls_at_once_share_one_connection() {
         let (at, hits) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
         let answers = futures::future::join_all((0..50).map(|_| pool.send(get("/n", &at)))).await;
         let mut peers = HashSet::new();
         for res in answers {
@@ -786,7 +824,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_a_full_connection_makes_another() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
         let calls = STREAMS_PER_CONNECTION + 20;
         let answers =
             futures::future::join_all((0..calls).map(|_| pool.send(get("/slow", &at)))).await;
@@ -818,7 +856,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_a_dropped_answer_gives_its_stream_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
         let res = pool.send(get("/big", &at)).await.expect("answer");
         assert_eq!(streams_in_flight(&pool), 1);
         drop(res);
@@ -848,7 +886,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let at: http::uri::Authority = addr.to_string().parse().expect("authority");
-        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
         let (stop, server) = serve(listener);
         assert_eq!(
             text(pool.send(get("/n", &at)).await.expect("answer")).await,
@@ -929,7 +967,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_calls_a_closing_backend_turned_away_go_out_again() {
         let (at, accepted) = going_away_backend(40).await;
-        let pool = Pool::new(&at, Protocol::Http2).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
         // Fewer calls at once than one connection carries: only GOAWAYs open more.
         for wave in 0..3 {
             let answers =
