@@ -294,7 +294,8 @@ impl ProxyRoute {
         // buffer while this one waits for the backend (8 KB more per connection in flight).
         drop((uri, extensions));
         let timeout = ctx.budget(self.upstream.timeout);
-        let started = std::time::Instant::now();
+        // Timed for the access line only, when there is one.
+        let started = crate::telemetry::access_lines().then(std::time::Instant::now);
         strip_request_headers(&mut headers);
         for (name, value) in ctx.headers(timeout) {
             // A static name costs no allocation; a `&str` key would be copied.
@@ -322,8 +323,7 @@ impl ProxyRoute {
                 _ => GatewayError::UpstreamFailed(self.upstream.name.clone()),
             })?;
         let mut out = answer(res, self.upstream.timeout);
-        // For the access line, when there is one.
-        if crate::telemetry::access_lines() {
+        if let Some(started) = started {
             let timing = format!(
                 "{}:{}:{:.1}ms",
                 self.upstream.name,

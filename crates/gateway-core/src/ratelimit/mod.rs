@@ -450,34 +450,48 @@ static X_QUOTA_RESET: HeaderName = HeaderName::from_static("x-ratelimit-quota-re
 /// Writes the limit headers of `decision` under `policy`.
 pub fn write_headers(headers: &mut HeaderMap, policy: &Policy, decision: &Decision) {
     let reset = decision.reset_us.div_ceil(1_000_000);
-    headers.insert(X_LIMIT.clone(), HeaderValue::from(policy.burst));
-    headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining));
-    headers.insert(X_RESET.clone(), HeaderValue::from(reset));
+    // Every value is written into one buffer and split off it: one allocation for all of them
+    // rather than one each.
+    let mut buf = bytes::BytesMut::with_capacity(2 * policy.name.len() + 192);
+    let put = |headers: &mut HeaderMap, name: &HeaderName, buf: &mut bytes::BytesMut| {
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.split().freeze()) {
+            headers.insert(name.clone(), v);
+        }
+    };
+    let mut number = |headers: &mut HeaderMap, name: &HeaderName, n: u64| {
+        buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        put(headers, name, &mut buf);
+    };
+    number(headers, &X_LIMIT, policy.burst);
+    number(headers, &X_REMAINING, decision.remaining);
+    number(headers, &X_RESET, reset);
+    let quota = match (policy.quota, decision.quota_remaining) {
+        (Some(quota), Some(left)) => {
+            let quota_reset = decision.quota_reset_us.div_ceil(1_000_000);
+            number(headers, &X_QUOTA_LIMIT, quota.limit);
+            number(headers, &X_QUOTA_REMAINING, left);
+            number(headers, &X_QUOTA_RESET, quota_reset);
+            Some((left, quota_reset))
+        }
+        _ => None,
+    };
     headers.insert(POLICY.clone(), policy.policy_header.clone());
     // `"name";r=remaining;t=reset`, and the quota's after it.
-    let mut ratelimit = String::with_capacity(2 * policy.name.len() + 48);
-    let item = |out: &mut String, suffix: &str, left: u64, reset: u64| {
-        out.push('"');
-        out.push_str(&policy.name);
-        out.push_str(suffix);
-        out.push_str("\";r=");
-        out.push_str(itoa::Buffer::new().format(left));
-        out.push_str(";t=");
-        out.push_str(itoa::Buffer::new().format(reset));
+    let item = |out: &mut bytes::BytesMut, suffix: &str, left: u64, reset: u64| {
+        out.extend_from_slice(b"\"");
+        out.extend_from_slice(policy.name.as_bytes());
+        out.extend_from_slice(suffix.as_bytes());
+        out.extend_from_slice(b"\";r=");
+        out.extend_from_slice(itoa::Buffer::new().format(left).as_bytes());
+        out.extend_from_slice(b";t=");
+        out.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
     };
-    item(&mut ratelimit, "", decision.remaining, reset);
-    if let (Some(quota), Some(left)) = (policy.quota, decision.quota_remaining) {
-        let quota_reset = decision.quota_reset_us.div_ceil(1_000_000);
-        headers.insert(X_QUOTA_LIMIT.clone(), HeaderValue::from(quota.limit));
-        headers.insert(X_QUOTA_REMAINING.clone(), HeaderValue::from(left));
-        headers.insert(X_QUOTA_RESET.clone(), HeaderValue::from(quota_reset));
-        ratelimit.push_str(", ");
-        item(&mut ratelimit, "-quota", left, quota_reset);
+    item(&mut buf, "", decision.remaining, reset);
+    if let Some((left, quota_reset)) = quota {
+        buf.extend_from_slice(b", ");
+        item(&mut buf, "-quota", left, quota_reset);
     }
-    // The string moves into the value; nothing is copied.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit)) {
-        headers.insert(RATELIMIT.clone(), v);
-    }
+    put(headers, &RATELIMIT, &mut buf);
 }
 
 #[cfg(test)]

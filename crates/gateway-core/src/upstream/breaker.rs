@@ -142,10 +142,11 @@ impl Breaker {
         if self.settings.failure_threshold == 0 {
             return;
         }
-        let mut state = self.lock();
-        let open = State::Open {
+        // The clock is read only when the circuit opens.
+        let open = || State::Open {
             until: Instant::now() + self.settings.open_for,
         };
+        let mut state = self.lock();
         *state = match (*state, failed) {
             (State::Closed { recent, seen, .. }, false) => State::Closed {
                 failures: 0,
@@ -153,7 +154,7 @@ impl Breaker {
                 seen: seen.saturating_add(1),
             },
             (_, false) => State::CLOSED,
-            (State::HalfOpen, true) if probe => open,
+            (State::HalfOpen, true) if probe => open(),
             (
                 State::Closed {
                     failures,
@@ -165,7 +166,7 @@ impl Breaker {
                 let (failures, recent, seen) =
                     (failures + 1, (recent << 1) | 1, seen.saturating_add(1));
                 if failures >= self.settings.failure_threshold || self.rate_exceeded(recent, seen) {
-                    open
+                    open()
                 } else {
                     State::Closed {
                         failures,

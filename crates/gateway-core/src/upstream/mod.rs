@@ -737,23 +737,31 @@ impl CallContext {
         }
     }
 
-    /// The headers (or metadata) a backend call carries.
-    pub(crate) fn headers(&self, timeout: Duration) -> Vec<(&'static str, HeaderValue)> {
-        let mut out = Vec::with_capacity(7);
-        if let Some(p) = &self.principal {
-            out.extend_from_slice(p.identity_headers());
-        }
-        if let Some(id) = &self.request_id {
-            out.push(("x-request-id", id.0.clone()));
-        }
-        if let Some(trace) = &self.trace {
-            out.push(("traceparent", trace.child_header_value()));
-        }
-        out.push((
-            DEADLINE_HEADER,
-            HeaderValue::from(timeout.as_millis() as u64),
-        ));
-        out
+    /// The headers (or metadata) a backend call carries, made as they are taken (nothing
+    /// collected first).
+    pub(crate) fn headers(
+        &self,
+        timeout: Duration,
+    ) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+        let identity = self.principal.iter().flat_map(|p| p.identity_headers());
+        identity
+            .cloned()
+            .chain(
+                self.request_id
+                    .as_ref()
+                    .map(|id| ("x-request-id", id.0.clone())),
+            )
+            .chain(
+                self.trace
+                    .as_ref()
+                    .map(|trace| ("traceparent", trace.child_header_value())),
+            )
+            .chain(std::iter::once_with(move || {
+                (
+                    DEADLINE_HEADER,
+                    HeaderValue::from(timeout.as_millis() as u64),
+                )
+            }))
     }
 
     /// A gRPC request carrying identity, request id and `traceparent` as metadata, and the budget
