@@ -15,10 +15,12 @@
 //! Only backends whose API is fit for clients belong behind a proxy route: nothing is filtered
 //! out of the answer.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::Request;
 use axum::http::Method;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -366,8 +368,68 @@ fn answer(res: Response, idle: Duration) -> Response {
     // Room for what the gateway adds on the way out (limits, request id, `traceparent`,
     // `vary`), so that the map grows at most once rather than once per insertion.
     parts.headers.reserve(ADDED_TO_ANSWERS);
-    let body = Body::new(tower_http::timeout::TimeoutBody::new(idle, body));
+    let body = Body::new(IdleBound {
+        body,
+        idle,
+        sleep: None,
+        armed: false,
+    });
     Response::from_parts(parts, body)
+}
+
+/// An answer's body that fails when the backend sends nothing for `idle`. The bound runs only
+/// while the body waits: a chunk that is already there costs no timer (tower-http's
+/// `TimeoutBody` arms one for every chunk, and reads the clock to do it), and one timer serves
+/// every wait of a long answer.
+struct IdleBound {
+    body: Body,
+    idle: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `sleep` bounds the current wait (set at its first `Pending`).
+    armed: bool,
+}
+
+/// The error that ends an answer whose backend sent nothing for the upstream's timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of its answer for {0:?}")]
+struct AnswerIdle(Duration);
+
+impl HttpBody for IdleBound {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame);
+        }
+        let idle = this.idle;
+        let sleep = match &mut this.sleep {
+            Some(sleep) if this.armed => sleep,
+            Some(sleep) => {
+                sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.idle);
+                sleep
+            }
+            None => this.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        this.armed = true;
+        std::task::ready!(sleep.as_mut().poll(cx));
+        Poll::Ready(Some(Err(axum::Error::new(AnswerIdle(idle)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -546,5 +608,65 @@ mod tests {
             !held.load(std::sync::atomic::Ordering::SeqCst),
             "the client's URI or headers were still held during the backend call"
         );
+    }
+
+    /// An answer whose backend sends `chunks`, one after each pause, through the idle bound of
+    /// `idle`; the sender stays open (a stalled backend) when `stall` is set.
+    fn answer_body(idle: Duration, pauses: Vec<Duration>, stall: bool) -> Body {
+        let (mut tx, rx) =
+            futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+        tokio::spawn(async move {
+            use futures::SinkExt as _;
+            for (i, pause) in pauses.into_iter().enumerate() {
+                tokio::time::sleep(pause).await;
+                if tx
+                    .send(Ok(bytes::Bytes::from(format!("chunk{i};"))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if stall {
+                std::future::pending::<()>().await;
+            }
+        });
+        let res = answer(Response::new(Body::from_stream(rx)), idle);
+        res.into_body()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_whose_backend_stalls_ends_with_an_error_after_the_idle_bound() {
+        use http_body_util::BodyExt as _;
+        let idle = Duration::from_millis(500);
+        let mut body = answer_body(idle, vec![Duration::ZERO], true);
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "chunk0;");
+        let started = tokio::time::Instant::now();
+        let next = tokio::time::timeout(idle * 10, body.frame())
+            .await
+            .expect("the idle bound never fired")
+            .expect("a frame");
+        let err = next.expect_err("a stalled answer went on");
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(c) = cause.filter(|c| !c.is::<AnswerIdle>()) {
+            cause = c.source();
+        }
+        assert!(cause.is_some(), "not the idle bound: {err:?}");
+        assert!(
+            started.elapsed() >= idle,
+            "ended after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_keeps_coming_within_the_bound_is_whole_however_long_it_takes() {
+        use http_body_util::BodyExt as _;
+        let idle = Duration::from_millis(500);
+        // Four pauses of 400 ms each: 1.6 s in all, never 500 ms without a chunk.
+        let body = answer_body(idle, vec![Duration::from_millis(400); 4], false);
+        let all = body.collect().await.expect("the whole answer").to_bytes();
+        assert_eq!(all, "chunk0;chunk1;chunk2;chunk3;");
     }
 }
