@@ -411,9 +411,7 @@ impl HttpBody for IdleBound {
         let sleep = match &mut this.sleep {
             Some(sleep) if this.armed => sleep,
             Some(sleep) => {
-                sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + this.idle);
+                sleep.as_mut().reset(tokio::time::Instant::now() + idle);
                 sleep
             }
             None => this.sleep.insert(Box::pin(tokio::time::sleep(idle))),
@@ -610,8 +608,8 @@ mod tests {
         );
     }
 
-    /// An answer whose backend sends `chunks`, one after each pause, through the idle bound of
-    /// `idle`; the sender stays open (a stalled backend) when `stall` is set.
+    /// An answer whose backend sends a chunk after each of `pauses`, through the idle bound of
+    /// `idle`; the backend then stalls with the answer open when `stall` is set, or ends it.
     fn answer_body(idle: Duration, pauses: Vec<Duration>, stall: bool) -> Body {
         let (mut tx, rx) =
             futures::channel::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
