@@ -19,8 +19,9 @@ pub enum Balance {
     PowerOfTwoChoices,
 }
 
-/// How an instance is reached: the protocol of its REST and pass-through calls, and how long
-/// opening its gRPC connection may take. A bare timeout means HTTP/1.1.
+/// How an instance is reached: the protocol of its REST and pass-through calls, how many idle
+/// pass-through connections it keeps, and how long opening its gRPC connection may take. A bare
+/// timeout means HTTP/1.1 and the default idle cap.
 #[derive(Debug, Clone, Copy)]
 pub struct Dial {
     /// How long opening the gRPC connection may take.
