@@ -77,6 +77,44 @@ async fn the_binary_serves_and_exits_0_on_sigterm() {
     assert_eq!(bff.terminate(), Some(0));
 }
 
+/// The threads a process runs, by name.
+#[cfg(target_os = "linux")]
+fn threads(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `server.workers = 1` serves everything, an aggregated route included, on the one thread of a
+/// single-threaded runtime and still drains on SIGTERM; three workers are three runtime threads
+/// beside the main one.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn server_workers_sets_the_runtime_threads() {
+    let stack = Stack::start().await;
+    let token = stack.user_token("user-0042", "profile:read").await;
+    for (workers, runtime_threads) in [(1, 0), (3, 3)] {
+        let config = stack.config_file(&bff_mobile::BFF, |c| c.server.workers = workers);
+        let (mut bff, url) = spawn(&config).await;
+        let res = reqwest::Client::new()
+            .get(format!("{url}/api/v2/user/profile"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("profile");
+        assert_eq!(res.status(), StatusCode::OK, "workers = {workers}");
+        let names = threads(bff.child.id());
+        let runtime = names.iter().filter(|n| n.starts_with("tokio")).count();
+        assert_eq!(runtime, runtime_threads, "workers = {workers}: {names:?}");
+        assert_eq!(names.len(), runtime_threads + 1, "{names:?}");
+        assert_eq!(bff.terminate(), Some(0), "workers = {workers}");
+    }
+}
+
 #[tokio::test]
 async fn three_instances_on_one_redis_admit_exactly_the_limit() {
     let Some(redis) = RedisServer::start("three_instances_on_one_redis_admit_exactly_the_limit")

@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const DEFAULT_VERIFIED_CACHE_MAX_ENTRIES: u64 = 10_000;
 /// Largest clock leeway accepted: beyond it `exp` would stop meaning much.
 pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Most runtime threads `server.workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
 /// Shortest HS256 secret accepted: RFC 7518 section 3.2 asks for at least the hash's 256 bits.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 /// Default bound on one rate-limit decision against a shared store, in milliseconds.
@@ -188,6 +190,10 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Threads that run requests: 0 for `TOKIO_WORKER_THREADS` when set, otherwise one per CPU
+    /// the process may use. One runs the whole gateway on a single-threaded runtime (no work
+    /// stealing, no cross-thread wake-ups); more share the work by stealing it.
+    pub workers: usize,
     /// HTTP/2 streams a client may open at once on one connection.
     pub http2_max_concurrent_streams: u32,
     /// TLS: serve HTTPS (HTTP/2 by ALPN) with this certificate and key.
@@ -229,6 +235,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
             max_connections: 10_000,
+            workers: 0,
             http2_max_concurrent_streams: 100,
             tls: None,
         }
@@ -890,6 +897,13 @@ where
                 "telemetry.trace_sample_ratio".into(),
                 "must be between 0 and 1",
                 self.telemetry.trace_sample_ratio.to_string(),
+            );
+        }
+        if self.server.workers > MAX_WORKERS {
+            return bad(
+                "server.workers".into(),
+                &format!("must be at most {MAX_WORKERS}"),
+                self.server.workers.to_string(),
             );
         }
         if self.server.max_header_bytes < 8192 {

@@ -62,6 +62,14 @@ fn bad_value_names_key_and_value() {
 }
 
 #[test]
+fn workers_are_bounded() {
+    let err = load_with("", &[("BFF_SERVER__WORKERS", "1025")]).expect_err("too many workers");
+    assert_eq!(err, "server.workers must be at most 1024, got 1025");
+    let ok = load_with("[server]\nworkers = 1\n", &[]).expect("one worker");
+    assert_eq!(ok.server.workers, 1);
+}
+
+#[test]
 fn tier_naming_a_missing_policy_is_refused() {
     let err = load_with("[ratelimit.tiers]\ngold = \"platinum\"\n", &[]).expect_err("bad tier");
     assert!(
