@@ -67,14 +67,19 @@ async fn the_binary_serves_and_exits_0_on_sigterm() {
     let stack = Stack::start().await;
     let (mut bff, url) = spawn(&stack.config_file(&bff_mobile::BFF, |_| {})).await;
     let token = stack.user_token("user-0042", "profile:read").await;
-    let res = reqwest::Client::new()
+    assert_eq!(profile(&url, &token).await, StatusCode::OK);
+    assert_eq!(bff.terminate(), Some(0));
+}
+
+/// `GET /api/v2/user/profile` (three gRPC parts aggregated) on the BFF at `url`: its status.
+async fn profile(url: &str, token: &str) -> StatusCode {
+    reqwest::Client::new()
         .get(format!("{url}/api/v2/user/profile"))
-        .bearer_auth(&token)
+        .bearer_auth(token)
         .send()
         .await
-        .expect("profile");
-    assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(bff.terminate(), Some(0));
+        .expect("profile")
+        .status()
 }
 
 /// The threads a process runs, by name.
@@ -100,13 +105,11 @@ async fn server_workers_sets_the_runtime_threads() {
     for (workers, runtime_threads) in [(1, 0), (3, 3)] {
         let config = stack.config_file(&bff_mobile::BFF, |c| c.server.workers = workers);
         let (mut bff, url) = spawn(&config).await;
-        let res = reqwest::Client::new()
-            .get(format!("{url}/api/v2/user/profile"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("profile");
-        assert_eq!(res.status(), StatusCode::OK, "workers = {workers}");
+        assert_eq!(
+            profile(&url, &token).await,
+            StatusCode::OK,
+            "workers = {workers}"
+        );
         let names = threads(bff.child.id());
         let runtime = names.iter().filter(|n| n.starts_with("tokio")).count();
         assert_eq!(runtime, runtime_threads, "workers = {workers}: {names:?}");
