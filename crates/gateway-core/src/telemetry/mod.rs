@@ -169,10 +169,35 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may exist in an embedding process; then our handle renders nothing
             // rather than failing start-up.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                keep_up(handle.clone());
+            }
             handle
         })
         .clone()
+}
+
+/// How often the recorded latencies are folded into their histograms' buckets.
+pub const METRICS_UPKEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Folds the latencies recorded since the last time into their histograms' buckets, every
+/// [`METRICS_UPKEEP_PERIOD`], on a thread of its own (`bff-metrics`). The recorder keeps each
+/// sample (16 bytes) until a scrape or an upkeep folds it in: without this, a gateway that nobody
+/// scrapes grows by 16 bytes a request for ever (a gigabyte an hour at 17,000 requests a second),
+/// and a scrape folds in everything since the last one at once, on a runtime thread. Folding
+/// costs about 5 ns a sample: a millisecond a second at 200,000 requests a second.
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("bff-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(METRICS_UPKEEP_PERIOD);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start the metrics upkeep; scrapes fold the samples in");
+    }
 }
 
 /// What the access log needs to know of its BFF.
