@@ -206,9 +206,11 @@ impl Resolved {
 /// One BFF's limiter: policies, the store, and what to do when the store fails.
 pub struct RateLimiter {
     bff: &'static str,
-    policies: HashMap<String, Resolved>,
-    tiers: HashMap<String, String>,
-    routes: HashMap<String, String>,
+    // The configuration's names, looked up on every request with SipHash's cost for nothing:
+    // nobody can insert into these maps, so nobody can flood them.
+    policies: HashMap<String, Resolved, foldhash::fast::RandomState>,
+    tiers: HashMap<String, String, foldhash::fast::RandomState>,
+    routes: HashMap<String, String, foldhash::fast::RandomState>,
     shared: Option<Arc<dyn RateLimitStore>>,
     local: MemoryStore,
     failure_mode: FailureMode,

@@ -234,7 +234,9 @@ const MAX_STATUSES_KEPT: usize = 64;
 /// registering of a labelled key.
 #[derive(Debug, Default)]
 struct RequestSeries {
-    routes: RwLock<HashMap<Box<str>, Arc<RouteSeries>>>,
+    // Keyed by route patterns, the configuration's and the router's, never by a client's path:
+    // a hasher without SipHash's flooding defence is enough.
+    routes: RwLock<HashMap<Box<str>, Arc<RouteSeries>, foldhash::fast::RandomState>>,
 }
 
 #[derive(Debug)]
