@@ -496,14 +496,30 @@ mod tests {
 
     /// `/api` with the prefix rewritten to `/`, to `backend` served on a free port.
     async fn route_to(backend: axum::Router) -> ProxyRoute {
+        route_with(backend, |_| {}).await
+    }
+
+    /// [`route_to`], its upstream's settings changed by `configure`.
+    async fn route_with(
+        backend: axum::Router,
+        configure: impl FnOnce(&mut crate::config::UpstreamConfig),
+    ) -> ProxyRoute {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, backend).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                backend.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        let mut upstream = crate::config::UpstreamConfig::at(&url);
+        configure(&mut upstream);
         let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
             "catalog".to_owned(),
-            crate::config::UpstreamConfig::at(&url),
+            upstream,
         )]))
         .expect("upstreams");
         ProxyRoute {
@@ -544,6 +560,37 @@ mod tests {
         let out = request_headers(&h);
         let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["accept"]);
+    }
+
+    #[tokio::test]
+    async fn an_upstreams_connection_cap_holds_calls_at_once_to_its_connections() {
+        let backend = axum::Router::new().route(
+            "/who",
+            axum::routing::get(
+                |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    peer.to_string()
+                },
+            ),
+        );
+        let route = route_with(backend, |c| c.max_connections = 2).await;
+        let calls = (0..8).map(|_| async {
+            let req = Request::get("/api/who")
+                .body(Body::empty())
+                .expect("request");
+            let res = route.forward(CallContext::detached(), req).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            String::from_utf8(body.to_vec()).expect("utf-8")
+        });
+        let peers: std::collections::HashSet<String> =
+            futures::future::join_all(calls).await.into_iter().collect();
+        assert_eq!(peers.len(), 2, "backend connections: {peers:?}");
     }
 
     #[tokio::test]

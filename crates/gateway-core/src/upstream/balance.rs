@@ -19,9 +19,10 @@ pub enum Balance {
     PowerOfTwoChoices,
 }
 
-/// How an instance is reached: the protocol of its REST and pass-through calls, how many idle
-/// pass-through connections it keeps, and how long opening its gRPC connection may take. A bare
-/// timeout means HTTP/1.1 and the default idle cap.
+/// How an instance is reached: the protocol of its REST and pass-through calls, how many
+/// pass-through connections it keeps idle and holds open, and how long opening its gRPC
+/// connection may take. A bare timeout means HTTP/1.1, the default idle cap and no cap on open
+/// connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Dial {
     /// How long opening the gRPC connection may take.
@@ -30,6 +31,8 @@ pub struct Dial {
     pub protocol: super::Protocol,
     /// Idle HTTP/1.1 pass-through connections kept, at most.
     pub max_idle: usize,
+    /// HTTP/1.1 pass-through connections open at most; 0: no cap.
+    pub max_open: usize,
 }
 
 impl From<Duration> for Dial {
@@ -38,6 +41,7 @@ impl From<Duration> for Dial {
             connect_timeout,
             protocol: super::Protocol::Http1,
             max_idle: super::pass::DEFAULT_MAX_IDLE,
+            max_open: 0,
         }
     }
 }
@@ -73,6 +77,7 @@ impl Instance {
             connect_timeout,
             protocol,
             max_idle,
+            max_open,
         } = dial.into();
         let base = base.trim_end_matches('/');
         let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
@@ -87,7 +92,7 @@ impl Instance {
             };
             Some(Plain {
                 host: host.ok()?,
-                pool: super::pass::Pool::new(authority, protocol, max_idle)?,
+                pool: super::pass::Pool::new(authority, protocol, max_idle, max_open)?,
                 prefix: uri.path().trim_end_matches('/').to_owned(),
             })
         });

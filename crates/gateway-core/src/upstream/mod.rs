@@ -487,6 +487,7 @@ impl Upstream {
             connect_timeout: timeout,
             protocol: c.protocol,
             max_idle: max_idle(c),
+            max_open: c.max_connections as usize,
         };
         let urls: Vec<&String> = urls.collect();
         // With DNS discovery the URLs as written serve until the first resolution, moments later.

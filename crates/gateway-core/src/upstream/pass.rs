@@ -85,12 +85,49 @@ enum Conns {
     Http2(Http2Conns),
 }
 
-/// HTTP/1.1: the idle connections, oldest first; taken from the back.
+/// HTTP/1.1: the idle connections, how many are open, and the calls waiting for one.
 struct Http1Conns {
-    idle: Mutex<VecDeque<Idle>>,
+    state: Mutex<Http1State>,
     /// Idle connections kept, at most.
     max_idle: usize,
+    /// Connections open at most (idle, carrying a call, or being made); 0: no cap.
+    max_open: usize,
 }
+
+#[derive(Default)]
+struct Http1State {
+    /// The idle connections, oldest first; taken from the back.
+    idle: VecDeque<Idle>,
+    /// Connections open: each counted by the [`Slot`] its task holds.
+    open: usize,
+    /// Calls waiting for a connection under the cap, oldest first; some may have given up.
+    waiting: VecDeque<tokio::sync::oneshot::Sender<Offer>>,
+    /// The length of `waiting` at which those that gave up are swept out.
+    sweep_at: usize,
+}
+
+/// What a waiting call is given: a connection someone gave back, or the place of one that
+/// closed, to open another.
+enum Offer {
+    Conn(http1::SendRequest<Body>),
+    Slot(Slot),
+}
+
+/// What a call gets from an HTTP/1.1 pool.
+enum Checkout {
+    Idle(http1::SendRequest<Body>),
+    /// Room for a new connection.
+    Dial(Slot),
+    /// The cap is reached: wait for an offer.
+    Wait(tokio::sync::oneshot::Receiver<Offer>),
+}
+
+/// One open HTTP/1.1 connection's place under the cap, held by the connection's task (or by
+/// the call opening it); when dropped, the place goes to the oldest waiting call, or is freed.
+struct Slot(Option<Weak<Shared>>);
+
+/// The least length of a pool's waiting list that is swept of calls that gave up.
+const SWEEP_WAITING_AT: usize = 64;
 
 struct Idle {
     sender: http1::SendRequest<Body>,
@@ -121,11 +158,13 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool for the instance at `authority`, speaking `protocol`, empty until the first call,
-    /// keeping at most `max_idle` idle HTTP/1.1 connections (at least one).
+    /// keeping at most `max_idle` idle HTTP/1.1 connections (at least one) and holding at most
+    /// `max_open` open (0: no cap).
     pub(crate) fn new(
         authority: &http::uri::Authority,
         protocol: Protocol,
         max_idle: usize,
+        max_open: usize,
     ) -> Option<Self> {
         let origin = http::Uri::builder()
             .scheme(http::uri::Scheme::HTTP)
@@ -142,8 +181,12 @@ impl Pool {
                 connector: CountConnections(connector),
                 conns: match protocol {
                     Protocol::Http1 => Conns::Http1(Http1Conns {
-                        idle: Mutex::default(),
-                        max_idle: max_idle.max(1),
+                        state: Mutex::default(),
+                        max_idle: match max_open {
+                            0 => max_idle.max(1),
+                            cap => max_idle.clamp(1, cap),
+                        },
+                        max_open,
                     }),
                     Protocol::Http2 => Conns::Http2(Http2Conns::default()),
                 },
@@ -164,7 +207,26 @@ impl Pool {
             // Boxed: the HTTP/1.1 call, the common one, carries no room for this one.
             Conns::Http2(conns) => return Box::pin(self.send_multiplexed(conns, req)).await,
         };
-        while let Some(mut sender) = conns.take() {
+        loop {
+            let slot = match conns.checkout(&self.shared) {
+                Checkout::Idle(sender) => Err(sender),
+                Checkout::Dial(slot) => Ok(slot),
+                Checkout::Wait(offer) => match offer.await {
+                    Ok(Offer::Conn(sender)) => Err(sender),
+                    Ok(Offer::Slot(slot)) => Ok(slot),
+                    // Never while the pool is here: it sends to every call it lists.
+                    Err(_) => return Err(PassError::Unsent),
+                },
+            };
+            let mut sender = match slot {
+                Err(sender) => sender,
+                Ok(slot) => {
+                    // Boxed: a call that finds an idle connection carries no room for opening one.
+                    let mut sender = Box::pin(self.connect_http1(slot)).await?;
+                    let res = sender.send_request(req).await?;
+                    return Ok(self.returning(sender, res));
+                }
+            };
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -177,17 +239,13 @@ impl Pool {
                 },
             }
         }
-        // Boxed: a call that finds an idle connection carries no room for opening one.
-        let mut sender = Box::pin(self.connect_http1()).await?;
-        let res = sender.send_request(req).await?;
-        Ok(self.returning(sender, res))
     }
 
     /// How many connections are idle now (HTTP/1.1), or open (HTTP/2).
     #[cfg(test)]
     pub(crate) fn connections(&self) -> usize {
         match &self.shared.conns {
-            Conns::Http1(c) => c.lock().len(),
+            Conns::Http1(c) => c.lock().idle.len(),
             Conns::Http2(c) => c.lock().len(),
         }
     }
@@ -208,9 +266,10 @@ impl Pool {
         Ok(io)
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Body>, PassError> {
+    /// A new HTTP/1.1 connection, in the place `slot` holds under the cap: its task keeps it.
+    async fn connect_http1(&self, slot: Slot) -> Result<http1::SendRequest<Body>, PassError> {
         let (sender, conn) = http1::handshake(self.dial().await?).await?;
-        drive(conn);
+        drive(conn, Some(slot));
         Ok(sender)
     }
 
@@ -267,7 +326,7 @@ impl Pool {
             .keep_alive_timeout(PING_TIMEOUT)
             .handshake(self.dial().await?)
             .await?;
-        drive(conn);
+        drive(conn, None);
         Ok(conns.add(sender))
     }
 
@@ -293,8 +352,8 @@ fn returning(back: Back, res: http::Response<Incoming>) -> http::Response<Body> 
 }
 
 /// Runs a connection's task: it ends when the backend closes the connection, or when the pool
-/// and the calls in flight have all let go of its sender.
-fn drive<C>(conn: C)
+/// and the calls in flight have all let go of its sender; then its `slot` is given up.
+fn drive<C>(conn: C, slot: Option<Slot>)
 where
     C: Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
@@ -302,6 +361,7 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(target: "upstream", error = %e, "pass-through connection ended");
         }
+        drop(slot);
     });
 }
 
@@ -372,7 +432,7 @@ impl Shared {
     /// closed.
     fn evict(&self, now: Instant) {
         match &self.conns {
-            Conns::Http1(c) => c.lock().retain(|c| {
+            Conns::Http1(c) => c.lock().idle.retain(|c| {
                 !c.sender.is_closed() && now.saturating_duration_since(c.since) < IDLE_TIMEOUT
             }),
             Conns::Http2(c) => c.lock().retain(|c| {
@@ -385,33 +445,87 @@ impl Shared {
 }
 
 impl Http1Conns {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Http1State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The most recently returned connection still open and not too old.
-    fn take(&self) -> Option<http1::SendRequest<Body>> {
-        let mut idle = self.lock();
-        while let Some(c) = idle.pop_back() {
+    /// The most recently returned connection still open and not too old; else room for a new
+    /// one; else, the cap reached, a place among the waiting calls.
+    fn checkout(&self, shared: &Arc<Shared>) -> Checkout {
+        let mut state = self.lock();
+        while let Some(c) = state.idle.pop_back() {
             if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+                return Checkout::Idle(c.sender);
             }
         }
-        None
+        if self.max_open == 0 || state.open < self.max_open {
+            state.open += 1;
+            return Checkout::Dial(Slot(Some(Arc::downgrade(shared))));
+        }
+        // Calls that gave up leave their place behind; swept once the list has doubled since.
+        if state.waiting.len() >= state.sweep_at.max(SWEEP_WAITING_AT) {
+            state.waiting.retain(|w| !w.is_closed());
+            state.sweep_at = state.waiting.len() * 2;
+        }
+        let (offer, wait) = tokio::sync::oneshot::channel();
+        state.waiting.push_back(offer);
+        metrics::counter!("bff_upstream_connection_waits_total").increment(1);
+        Checkout::Wait(wait)
     }
 
-    fn put(&self, sender: http1::SendRequest<Body>) {
+    /// Gives a connection ready for a call to the oldest waiting call, or to the idle ones.
+    fn put(&self, mut sender: http1::SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
-        let now = Instant::now();
-        let mut idle = self.lock();
-        while idle.front().is_some_and(|c| {
-            idle.len() >= self.max_idle || now.duration_since(c.since) >= IDLE_TIMEOUT
-        }) {
-            idle.pop_front();
+        let mut state = self.lock();
+        while let Some(waiting) = state.waiting.pop_front() {
+            match waiting.send(Offer::Conn(sender)) {
+                Ok(()) => return,
+                // That call gave up.
+                Err(Offer::Conn(back)) => sender = back,
+                // Never: a connection was offered.
+                Err(Offer::Slot(_)) => return,
+            }
         }
-        idle.push_back(Idle { sender, since: now });
+        let now = Instant::now();
+        while state.idle.front().is_some_and(|c| {
+            state.idle.len() >= self.max_idle || now.duration_since(c.since) >= IDLE_TIMEOUT
+        }) {
+            state.idle.pop_front();
+        }
+        state.idle.push_back(Idle { sender, since: now });
+    }
+
+    /// A connection closed (or was never made): its place goes to the oldest waiting call, or
+    /// is freed.
+    fn release(&self, mut place: Weak<Shared>) {
+        let mut state = self.lock();
+        while let Some(waiting) = state.waiting.pop_front() {
+            match waiting.send(Offer::Slot(Slot(Some(place)))) {
+                Ok(()) => return,
+                // That call gave up: the place is taken back, not given up again (under the lock).
+                Err(Offer::Slot(mut slot)) => match slot.0.take() {
+                    Some(back) => place = back,
+                    None => return,
+                },
+                // Never: a place was offered.
+                Err(Offer::Conn(_)) => return,
+            }
+        }
+        state.open = state.open.saturating_sub(1);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A pool already gone has no one to give the place to.
+        if let Some(place) = self.0.take()
+            && let Some(shared) = place.upgrade()
+            && let Conns::Http1(conns) = &shared.conns
+        {
+            conns.release(place);
+        }
     }
 }
 
@@ -633,7 +747,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_serves_calls_one_after_another() {
         let (at, hits) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 0).expect("pool");
         let mut peers = HashSet::new();
         for _ in 0..20 {
             let res = pool.send(get("/n", &at)).await.expect("answer");
@@ -652,7 +766,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_without_a_body_gives_its_connection_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 0).expect("pool");
         let head = http::Request::head("/n")
             .header(http::header::HOST, at.as_str())
             .body(Body::empty())
@@ -673,7 +787,7 @@ mod tests {
     #[tokio::test]
     async fn calls_at_once_get_connections_of_their_own_and_all_come_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 0).expect("pool");
         let answers = futures::future::join_all((0..8).map(|_| pool.send(get("/big", &at)))).await;
         for res in answers {
             assert_eq!(text(res.expect("answer")).await.len(), 64 * 1024);
@@ -684,7 +798,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_beyond_the_cap_are_closed_and_the_rest_serve_the_next_burst() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, 3).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, 3, 0).expect("pool");
         let burst = || futures::future::join_all((0..5).map(|_| pool.send(get("/n", &at))));
         let mut first = HashSet::new();
         for res in burst().await {
@@ -711,7 +825,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_dropped_unread_takes_its_connection_with_it() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 0).expect("pool");
         let res = pool.send(get("/big", &at)).await.expect("answer");
         let mut body = res.into_body();
         let first = body.frame().await.expect("a frame").expect("data");
@@ -729,7 +843,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_backend_closes_is_not_used_again() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 0).expect("pool");
         let first = pool.send(get("/n", &at)).await.expect("answer");
         let first = text(first).await;
         assert_eq!(
@@ -748,12 +862,101 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_when_too_old() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 0).expect("pool");
         let _ = text(pool.send(get("/n", &at)).await.expect("answer")).await;
         pool.shared.evict(Instant::now());
         assert_eq!(pool.connections(), 1, "a fresh idle connection was closed");
         pool.shared.evict(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(pool.connections(), 0);
+    }
+
+    /// Within this, a waiting call is served or the test fails (rather than hanging).
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn calls_past_the_cap_wait_for_a_connection_rather_than_open_one() {
+        let (at, hits) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 2).expect("pool");
+        let calls = futures::future::join_all((0..12).map(|_| async {
+            let res = pool.send(get("/n", &at)).await.expect("answer");
+            assert_eq!(res.status(), 200);
+            text(res).await
+        }));
+        let peers: HashSet<String> = tokio::time::timeout(WAIT, calls)
+            .await
+            .expect("every call served")
+            .into_iter()
+            .collect();
+        assert_eq!(hits.load(Ordering::SeqCst), 12);
+        assert_eq!(peers.len(), 2, "connections used: {peers:?}");
+        assert_eq!(pool.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_call_takes_the_place_of_a_connection_that_closed() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 1).expect("pool");
+        let res = pool.send(get("/big", &at)).await.expect("answer");
+        let first = res.into_body();
+        let waiting = pool.send(get("/n", &at));
+        tokio::pin!(waiting);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
+            "a call went past the cap while the one connection was busy"
+        );
+        // Dropped half read, the connection closes: its place goes to the waiting call.
+        drop(first);
+        let res = tokio::time::timeout(WAIT, waiting)
+            .await
+            .expect("the waiting call was served")
+            .expect("answer");
+        assert_eq!(res.status(), 200);
+        assert!(text(res).await.starts_with("127.0.0.1:"));
+        assert_eq!(pool.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_skips_the_calls_that_gave_up() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 1).expect("pool");
+        let busy = pool.send(get("/n", &at)).await.expect("answer");
+        for _ in 0..3 {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(20), pool.send(get("/n", &at)));
+            assert!(gave_up.await.is_err(), "served past the cap");
+        }
+        let first = text(busy).await;
+        let next = tokio::time::timeout(WAIT, pool.send(get("/n", &at)))
+            .await
+            .expect("served")
+            .expect("answer");
+        assert_eq!(
+            text(next).await,
+            first,
+            "the connection was lost to a call that had given up"
+        );
+        assert_eq!(pool.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn calls_that_gave_up_are_swept_from_the_waiting_list() {
+        let (at, _) = backend().await;
+        let pool = Pool::new(&at, Protocol::Http1, DEFAULT_MAX_IDLE, 1).expect("pool");
+        let _busy = pool.send(get("/n", &at)).await.expect("answer");
+        let Conns::Http1(conns) = &pool.shared.conns else {
+            panic!("an HTTP/1.1 pool");
+        };
+        for _ in 0..10 * SWEEP_WAITING_AT {
+            let gave_up = tokio::time::timeout(Duration::ZERO, pool.send(get("/n", &at)));
+            assert!(gave_up.await.is_err(), "served past the cap");
+        }
+        let waiting = conns.lock().waiting.len();
+        assert!(
+            waiting <= SWEEP_WAITING_AT,
+            "{waiting} calls that gave up still listed"
+        );
     }
 
     #[tokio::test]
@@ -767,7 +970,7 @@ mod tests {
             .expect("authority");
         drop(listener);
         for protocol in [Protocol::Http1, Protocol::Http2] {
-            let pool = Pool::new(&at, protocol, DEFAULT_MAX_IDLE).expect("pool");
+            let pool = Pool::new(&at, protocol, DEFAULT_MAX_IDLE, 0).expect("pool");
             let err = pool.send(get("/n", &at)).await.expect_err("no backend");
             assert!(
                 matches!(err, PassError::Connect(_)),
@@ -795,7 +998,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_calls_at_once_share_one_connection() {
         let (at, hits) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE, 0).expect("pool");
         let answers = futures::future::join_all((0..50).map(|_| pool.send(get("/n", &at)))).await;
         let mut peers = HashSet::new();
         for res in answers {
@@ -824,7 +1027,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_a_full_connection_makes_another() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE, 0).expect("pool");
         let calls = STREAMS_PER_CONNECTION + 20;
         let answers =
             futures::future::join_all((0..calls).map(|_| pool.send(get("/slow", &at)))).await;
@@ -856,7 +1059,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_a_dropped_answer_gives_its_stream_back() {
         let (at, _) = backend().await;
-        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE, 0).expect("pool");
         let res = pool.send(get("/big", &at)).await.expect("answer");
         assert_eq!(streams_in_flight(&pool), 1);
         drop(res);
@@ -886,7 +1089,7 @@ mod tests {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let at: http::uri::Authority = addr.to_string().parse().expect("authority");
-        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE, 0).expect("pool");
         let (stop, server) = serve(listener);
         assert_eq!(
             text(pool.send(get("/n", &at)).await.expect("answer")).await,
@@ -967,7 +1170,7 @@ mod tests {
     #[tokio::test]
     async fn over_http2_calls_a_closing_backend_turned_away_go_out_again() {
         let (at, accepted) = going_away_backend(40).await;
-        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE).expect("pool");
+        let pool = Pool::new(&at, Protocol::Http2, DEFAULT_MAX_IDLE, 0).expect("pool");
         // Fewer calls at once than one connection carries: only GOAWAYs open more.
         for wave in 0..3 {
             let answers =
