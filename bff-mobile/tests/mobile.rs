@@ -725,3 +725,68 @@ async fn metrics_show_every_series_after_a_short_load() {
         assert!(text.contains(series), "missing {series}\n{text}");
     }
 }
+
+/// Catalog calls past the content upstream's `max_connections` wait for one of its connections:
+/// thirty at once reach the backend over two, every one answered, the waits counted.
+#[tokio::test]
+async fn catalog_calls_past_the_connection_cap_wait_for_a_connection() {
+    use axum::extract::ConnectInfo;
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    let peers = Arc::new(Mutex::new(HashSet::new()));
+    let seen = peers.clone();
+    let backend =
+        axum::Router::new().fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("peers").insert(peer);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                axum::Json(json!({"id": "item-001"}))
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            backend.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        let content = c.upstreams.get_mut("content").expect("content");
+        content.url = url;
+        content.max_connections = 2;
+    })
+    .await;
+    let token = stack.user_token("user-0042", "feed:read").await;
+    let http = reqwest::Client::new();
+    let answers = futures::future::join_all((0..30).map(|i| {
+        http.get(format!("{}/api/catalog/items/item-{i:03}", bff.url))
+            .bearer_auth(&token)
+            .send()
+    }))
+    .await;
+    for res in answers {
+        assert_eq!(res.expect("answer").status(), StatusCode::OK);
+    }
+    let used = peers.lock().expect("peers").len();
+    assert_eq!(used, 2, "backend connections used for 30 calls at once");
+    let text = reqwest::get(format!("{}/metrics", bff.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let waits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("bff_upstream_connection_waits_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(waits >= 1.0, "no call counted as waiting\n{text}");
+}
