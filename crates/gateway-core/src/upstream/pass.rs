@@ -106,8 +106,8 @@ struct Http1State {
     sweep_at: usize,
 }
 
-/// What a waiting call is given: a connection someone gave back, or the place of one that
-/// closed, to open another.
+/// What a call gets to send on: a connection (idle, or given back while it waited), or a place
+/// under the cap to open one in.
 enum Offer {
     Conn(http1::SendRequest<Body>),
     Slot(Slot),
@@ -208,19 +208,18 @@ impl Pool {
             Conns::Http2(conns) => return Box::pin(self.send_multiplexed(conns, req)).await,
         };
         loop {
-            let slot = match conns.checkout(&self.shared) {
-                Checkout::Idle(sender) => Err(sender),
-                Checkout::Dial(slot) => Ok(slot),
+            let got = match conns.checkout(&self.shared) {
+                Checkout::Idle(sender) => Offer::Conn(sender),
+                Checkout::Dial(slot) => Offer::Slot(slot),
                 Checkout::Wait(offer) => match offer.await {
-                    Ok(Offer::Conn(sender)) => Err(sender),
-                    Ok(Offer::Slot(slot)) => Ok(slot),
+                    Ok(offer) => offer,
                     // Never while the pool is here: it sends to every call it lists.
                     Err(_) => return Err(PassError::Unsent),
                 },
             };
-            let mut sender = match slot {
-                Err(sender) => sender,
-                Ok(slot) => {
+            let mut sender = match got {
+                Offer::Conn(sender) => sender,
+                Offer::Slot(slot) => {
                     // Boxed: a call that finds an idle connection carries no room for opening one.
                     let mut sender = Box::pin(self.connect_http1(slot)).await?;
                     let res = sender.send_request(req).await?;
