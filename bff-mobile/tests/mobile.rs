@@ -17,6 +17,16 @@ async fn setup() -> (Stack, TestBff, String) {
     (stack, bff, token)
 }
 
+/// The BFF's `/metrics` page.
+async fn metrics(bff: &TestBff) -> String {
+    reqwest::get(format!("{}/metrics", bff.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 async fn get(bff: &TestBff, path: &str, token: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(format!("{}{path}", bff.url))
@@ -704,12 +714,7 @@ async fn metrics_show_every_series_after_a_short_load() {
     // A pass-through route is named by its pattern, as the others are.
     let res = get(&bff, "/api/catalog/items/item-018", &token).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let text = reqwest::get(format!("{}/metrics", bff.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics(&bff).await;
     for series in [
         r#"bff_requests_total{bff="bff-mobile",route="/api/v2/user/profile",status="200"}"#,
         r#"bff_request_duration_seconds_bucket{bff="bff-mobile",route="/api/v2/user/profile""#,
@@ -777,12 +782,7 @@ async fn catalog_calls_past_the_connection_cap_wait_for_a_connection() {
     }
     let used = peers.lock().expect("peers").len();
     assert_eq!(used, 2, "backend connections used for 30 calls at once");
-    let text = reqwest::get(format!("{}/metrics", bff.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics(&bff).await;
     let waits = text
         .lines()
         .find_map(|l| l.strip_prefix("bff_upstream_connection_waits_total "))
