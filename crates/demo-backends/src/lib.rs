@@ -116,9 +116,13 @@ impl DemoBackends {
             rest = %rest.local_addr()?,
             "demo backends listening"
         );
+        // TCP_NODELAY, as gRPC servers set it: the answers of calls multiplexed on one
+        // connection are written one after another, and Nagle's algorithm would hold each behind
+        // the acknowledgement of the one before (40 ms or more).
+        let grpc = TcpIncoming::from(grpc).with_nodelay(Some(true));
         let grpc_server = tonic::transport::Server::builder()
             .add_routes(self.grpc_routes())
-            .serve_with_incoming_shutdown(TcpIncoming::from(grpc), shutdown.clone());
+            .serve_with_incoming_shutdown(grpc, shutdown.clone());
         let rest_server = axum::serve(rest, self.rest_router()).with_graceful_shutdown(shutdown);
         tokio::try_join!(
             async { grpc_server.await.context("gRPC server failed") },

@@ -464,6 +464,37 @@ async fn faults_add_latency_and_errors_until_reset() {
     backends.stop().await;
 }
 
+/// Calls multiplexed on one HTTP/2 connection, as a gateway's channel sends them, each last the
+/// injected latency and no more. Without `TCP_NODELAY` on the server's sockets, a call whose
+/// answer is written while an earlier one's is unacknowledged waits for the client's delayed
+/// acknowledgement (40 ms or more on Linux), so concurrent calls took the latency plus that.
+#[tokio::test]
+async fn concurrent_calls_on_one_connection_wait_only_their_latency() {
+    const LATENCY: Duration = Duration::from_millis(100);
+    const STALL: Duration = Duration::from_millis(40);
+    let backends = Backends::start().await;
+    backends
+        .set_fault(json!({ "service": "user", "latency_ms": LATENCY.as_millis() }))
+        .await;
+    // The best of three rounds, so that a slow moment of a busy machine does not decide it.
+    let users: Vec<String> = (1..=4).map(|n| format!("user-000{n}")).collect();
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let calls = users.iter().map(|user| backends.get_user(user));
+        for result in futures::future::join_all(calls).await {
+            assert!(result.is_ok(), "{result:?}");
+        }
+        best = best.min(started.elapsed());
+    }
+    assert!(best >= LATENCY, "{best:?}");
+    assert!(
+        best < LATENCY + STALL,
+        "four concurrent calls took {best:?} at best, for {LATENCY:?} of injected latency"
+    );
+    backends.stop().await;
+}
+
 #[tokio::test]
 async fn admin_rejects_invalid_faults_naming_the_field() {
     let backends = Backends::start().await;
