@@ -179,6 +179,13 @@ w(
     f"the limiter, fan-out, shaping and serialisation). The route's p50 above (oha) is "
     f"{fan_p50 - meta_t['slowest_part_p50']:+.2f} ms over this slowest part's p50.\n"
 )
+warm_us = us_per_request("fanout-warm")
+w(
+    f"Without the delay, one request at a time: {rps('fanout-warm'):,.0f} req/s, p50 "
+    f"{pct('fanout-warm', 'p50') / 1e3:.2f} ms, the gateway's CPU **{warm_us:.0f} µs per request** "
+    f"({warm_us / cpu_per_request['gateway']:.1f}× a pass-through request's in the throughput rounds), "
+    f"failed {failures('fanout-warm')}.\n"
+)
 
 # --- memory ---
 mb = lambda kb: kb / 1024

@@ -550,6 +550,10 @@ EOF
 log "fan-out baseline: one ${FANOUT_LATENCY_MS} ms part, called directly"
 load part-direct demo oha "http://127.0.0.1:$P_REST/content/items/item-001" -z "${DURATION}s" -c 1
 curl -fs -X POST "http://127.0.0.1:$P_REST/admin/reset" >/dev/null
+# The gateway's own cost of the fan-out: the same route without the delay, one request at a time
+# (no pause between requests to cool the caches), and the CPU time the gateway spends on each.
+log "fan-out without the delay: the gateway's CPU per request"
+load fanout-warm gateway oha "$PROFILE_URL" -z "${DURATION}s" -c 1 -H "$AUTH"
 
 # Memory under HIGH_CONNS connections: RSS (all of a proxy's processes) and open client connections,
 # sampled while they are open; the gateway, then nginx and the other allocator's build for reference.
