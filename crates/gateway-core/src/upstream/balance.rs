@@ -412,7 +412,7 @@ mod tests {
         // The idle instance wins whenever it is drawn at least once: three times in four, so
         // about 750 (standard deviation 14) against 500 for a blind pick. 650 is seven
         // deviations below, so a correct pick falls under it about once in 10^12 runs (100
-        // draws above 60 failed about once in 3,000).
+        // draws above 60 failed about once in 1,500).
         assert!(picks > 650, "{picks}");
     }
 
