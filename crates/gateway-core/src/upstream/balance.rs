@@ -61,7 +61,7 @@ pub struct Instance {
     base: String,
     /// `base` parsed once: a call's URL is this with its path and query set.
     url: Option<reqwest::Url>,
-    /// For an `http://` base, what pass-through calls are addressed with.
+    /// For an `http://` base, what its pass-through, REST and GraphQL calls go through.
     plain: Option<Plain>,
     connect_timeout: Duration,
     channel: OnceLock<Channel>,
@@ -149,7 +149,7 @@ impl Instance {
         self.plain.as_ref().map(|p| &p.host)
     }
 
-    /// The pooled connections of pass-through calls to an `http://` instance.
+    /// The pooled connections of pass-through, REST and GraphQL calls to an `http://` instance.
     pub(crate) fn plain_pool(&self) -> Option<&super::pass::Pool> {
         self.plain.as_ref().map(|p| &p.pool)
     }

@@ -1,7 +1,8 @@
-//! Calls to backends: one pooled HTTP client for every REST upstream (keep-alive; another for
-//! those that speak HTTP/2), one lazily connected HTTP/2 channel per gRPC upstream, and the
-//! per-request context every call carries downstream (identity, request id, `traceparent`,
-//! deadline).
+//! Calls to backends: each `http://` instance's own pooled connections for its REST, GraphQL and
+//! pass-through calls ([`pass`]); one pooled HTTP client for `https://` instances (keep-alive;
+//! another for those that speak HTTP/2) and health checks; one lazily connected HTTP/2 channel
+//! per gRPC upstream; and the per-request context every call carries downstream (identity,
+//! request id, `traceparent`, deadline).
 //!
 //! A call's path: the version (primary, or the alternate of a traffic [`split`]) picked by the
 //! caller's subject; an instance picked by the balancer; the concurrency cap; the breaker;
@@ -421,6 +422,9 @@ impl Upstream {
         }
     }
 
+    /// One JSON call to `instance`: `GET`, or `POST` of `body`; the answer's body decoded. An
+    /// `http://` instance is called on its own pooled connections, those of pass-through calls,
+    /// under the same `max_connections` cap; an `https://` one through the shared client.
     async fn fetch_json(
         &self,
         instance: Arc<Instance>,
@@ -429,6 +433,34 @@ impl Upstream {
         body: Option<&Value>,
     ) -> Result<Value, UpstreamError> {
         let timeout = ctx.budget(self.timeout);
+        let answer = match (
+            instance.plain_pool(),
+            instance.plain_target_for(path_and_query),
+        ) {
+            (Some(pool), Some(uri)) => {
+                let req = json_request(&instance, ctx, uri, body, timeout)?;
+                // The bound covers the answer's body too, as the client's own timeout does.
+                tokio::time::timeout(timeout, read_json_answer(pool.send(req)))
+                    .await
+                    .unwrap_or(Err(UpstreamError::Timeout))?
+            }
+            _ => {
+                self.fetch_with_client(&instance, ctx, path_and_query, body, timeout)
+                    .await?
+            }
+        };
+        serde_json::from_slice(&answer).map_err(|_| UpstreamError::Failed("invalid JSON".into()))
+    }
+
+    /// [`Self::fetch_json`]'s call through the shared client: the answer's body, undecoded.
+    async fn fetch_with_client(
+        &self,
+        instance: &Instance,
+        ctx: &CallContext,
+        path_and_query: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, UpstreamError> {
         let url = format!("{}{path_and_query}", instance.base());
         let mut req = match body {
             None => self.http.get(url),
@@ -438,37 +470,106 @@ impl Upstream {
         for (name, value) in ctx.headers(timeout) {
             req = req.header(axum::http::HeaderName::from_static(name), value);
         }
-        let res = req.send().await.map_err(|e| {
+        let client_failure = |e: reqwest::Error, what: &str| {
             if e.is_timeout() {
                 UpstreamError::Timeout
             } else {
-                UpstreamError::Failed("connect".into())
+                UpstreamError::Failed(what.into())
             }
-        })?;
-        let status = res.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(UpstreamError::NotFound);
+        };
+        let res = req.send().await.map_err(|e| client_failure(e, "connect"))?;
+        judge_status(res.status())?;
+        within_bound(res.content_length())?;
+        res.bytes().await.map_err(|e| client_failure(e, "body"))
+    }
+}
+
+/// A JSON call to an `http://` instance, as its pool sends it: the target in origin form, `Host`,
+/// the context's headers and, for a `POST`, the body.
+fn json_request(
+    instance: &Instance,
+    ctx: &CallContext,
+    uri: http::Uri,
+    body: Option<&Value>,
+    timeout: Duration,
+) -> Result<http::Request<axum::body::Body>, UpstreamError> {
+    use axum::http::{HeaderName, header};
+    let mut req = match body {
+        None => http::Request::new(axum::body::Body::empty()),
+        Some(body) => {
+            let json = serde_json::to_vec(body)
+                .map_err(|_| UpstreamError::Failed("request body".into()))?;
+            let mut req = http::Request::new(axum::body::Body::from(json));
+            *req.method_mut() = http::Method::POST;
+            req.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            req
         }
-        if status.is_client_error() {
-            return Err(UpstreamError::Rejected(format!("status {status}")));
+    };
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    if let Some(host) = instance.plain_host() {
+        headers.insert(header::HOST, host.clone());
+    }
+    for (name, value) in ctx.headers(timeout) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    Ok(req)
+}
+
+/// The body of a JSON answer from a pooled connection, read whole (at most
+/// [`MAX_UPSTREAM_BODY`]) whatever the status, so that the connection goes back to the pool.
+async fn read_json_answer(
+    answer: impl Future<Output = Result<http::Response<axum::body::Body>, pass::PassError>>,
+) -> Result<bytes::Bytes, UpstreamError> {
+    use http_body_util::BodyExt;
+    let res = answer
+        .await
+        .map_err(|_| UpstreamError::Failed("connect".into()))?;
+    let status = res.status();
+    if let Err(too_large) = within_bound(axum::body::HttpBody::size_hint(res.body()).exact()) {
+        judge_status(status)?;
+        return Err(too_large);
+    }
+    let body = http_body_util::Limited::new(res.into_body(), MAX_UPSTREAM_BODY)
+        .collect()
+        .await;
+    // The status decides first: a refusal is one whether or not its body could be read.
+    judge_status(status)?;
+    match body {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(UpstreamError::Failed("body too large".into()))
         }
-        if !status.is_success() {
-            return Err(UpstreamError::Failed(format!("status {status}")));
+        Err(_) => Err(UpstreamError::Failed("body".into())),
+    }
+}
+
+/// What a JSON answer's status says: 404 is not found, another 4xx a rejection, anything else
+/// but success a failure.
+fn judge_status(status: http::StatusCode) -> Result<(), UpstreamError> {
+    if status == http::StatusCode::NOT_FOUND {
+        return Err(UpstreamError::NotFound);
+    }
+    if status.is_client_error() {
+        return Err(UpstreamError::Rejected(format!("status {status}")));
+    }
+    if !status.is_success() {
+        return Err(UpstreamError::Failed(format!("status {status}")));
+    }
+    Ok(())
+}
+
+/// A JSON answer whose declared length is over [`MAX_UPSTREAM_BODY`] is a failure, unread.
+fn within_bound(declared: Option<u64>) -> Result<(), UpstreamError> {
+    match declared {
+        Some(n) if n > MAX_UPSTREAM_BODY as u64 => {
+            Err(UpstreamError::Failed("body too large".into()))
         }
-        if res
-            .content_length()
-            .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
-        {
-            return Err(UpstreamError::Failed("body too large".into()));
-        }
-        let body = res.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                UpstreamError::Timeout
-            } else {
-                UpstreamError::Failed("body".into())
-            }
-        })?;
-        serde_json::from_slice(&body).map_err(|_| UpstreamError::Failed("invalid JSON".into()))
+        _ => Ok(()),
     }
 }
 
@@ -572,8 +673,9 @@ fn max_idle(c: &UpstreamConfig) -> usize {
     }
 }
 
-/// The pooled client of REST calls (and pass-through calls to `https://` instances) of the
-/// upstreams that speak `protocol`, keeping `max_idle` idle connections per host at most.
+/// The pooled client of calls to `https://` instances (REST, GraphQL and pass-through) and of
+/// health checks, for the upstreams that speak `protocol`, keeping `max_idle` idle connections
+/// per host at most.
 fn rest_client(protocol: Protocol, max_idle: usize) -> Result<reqwest::Client, ConfigError> {
     let builder = reqwest::Client::builder()
         // A redirect is an answer: passed through to the client or failed, never followed to
@@ -825,6 +927,7 @@ impl Outcome {
 mod tests {
     use super::*;
     use crate::auth::PrincipalKind;
+    use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
@@ -1199,6 +1302,136 @@ mod tests {
                 .expect("answer");
             assert_eq!(answer["version"], version, "{name}");
         }
+    }
+
+    /// A JSON backend on a free port that answers after `delay` with what it saw of the call,
+    /// `404` under `/missing`; and the client ports it was called from, one per connection.
+    async fn json_backend(delay: Duration) -> (String, Arc<std::sync::Mutex<HashSet<u16>>>) {
+        use axum::extract::ConnectInfo;
+        use axum::response::IntoResponse;
+        let ports = Arc::new(std::sync::Mutex::new(HashSet::new()));
+        let seen = ports.clone();
+        let app = axum::Router::new().fallback(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+                  req: axum::extract::Request| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().expect("ports").insert(peer.port());
+                    tokio::time::sleep(delay).await;
+                    if req.uri().path() == "/missing" {
+                        return (axum::http::StatusCode::NOT_FOUND, "no such thing")
+                            .into_response();
+                    }
+                    // Read in a block of its own: a borrow of the request (its body is not
+                    // `Sync`) may not live across the body's read.
+                    let (method, path, host, accept, kind, user) = {
+                        let header = |name: &str| {
+                            req.headers()
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        (
+                            req.method().to_string(),
+                            req.uri().to_string(),
+                            header("host"),
+                            header("accept"),
+                            header("content-type"),
+                            header("x-user-id"),
+                        )
+                    };
+                    let body = axum::body::to_bytes(req.into_body(), 1024)
+                        .await
+                        .unwrap_or_default();
+                    let seen = serde_json::json!({
+                        "method": method, "path": path, "host": host, "accept": accept,
+                        "content_type": kind, "user": user,
+                        "body": String::from_utf8_lossy(&body),
+                    });
+                    // A GraphQL endpoint answers in `data`.
+                    match path.as_str() {
+                        "/graphql" => axum::Json(serde_json::json!({ "data": seen })),
+                        _ => axum::Json(seen),
+                    }
+                    .into_response()
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await
+        });
+        (url, ports)
+    }
+
+    #[tokio::test]
+    async fn json_calls_to_a_plain_instance_keep_within_its_connection_cap() {
+        let (url, ports) = json_backend(Duration::from_millis(50)).await;
+        let cfg = UpstreamConfig {
+            max_connections: 2,
+            ..UpstreamConfig::at(&url)
+        };
+        let up = Upstreams::new(&[("u".to_owned(), cfg)].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u");
+        let alice = as_user("alice");
+        // Six different reads at once (identical ones would be coalesced into one call).
+        let paths: Vec<String> = (0..6).map(|i| format!("/items/{i}?full=1")).collect();
+        let answers = futures::future::join_all(paths.iter().map(|p| up.get_json(&alice, p))).await;
+        for (answer, path) in answers.iter().zip(&paths) {
+            let answer = answer.as_ref().expect("answer");
+            assert_eq!(answer["path"], path.as_str());
+            assert_eq!(answer["method"], "GET");
+            assert_eq!(answer["host"], url.trim_start_matches("http://"));
+            assert_eq!(answer["accept"], "application/json");
+            assert_eq!(answer["user"], "alice");
+        }
+        assert_eq!(
+            ports.lock().expect("ports").len(),
+            2,
+            "two connections, reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_json_call_gives_its_connection_back_and_a_post_sends_its_body() {
+        let (url, ports) = json_backend(Duration::ZERO).await;
+        let up = Upstreams::new(&[("u".to_owned(), UpstreamConfig::at(&url))].into())
+            .expect("upstreams")
+            .get("u")
+            .expect("u");
+        let ctx = CallContext::detached();
+        assert!(matches!(
+            up.get_json(&ctx, "/missing").await,
+            Err(UpstreamError::NotFound)
+        ));
+        let data = up
+            .graphql(&ctx, "{ item }", serde_json::json!({ "id": 7 }))
+            .await
+            .expect("data");
+        assert_eq!(data["method"], "POST");
+        assert_eq!(data["content_type"], "application/json");
+        let sent: Value = serde_json::from_str(data["body"].as_str().expect("body")).expect("json");
+        assert_eq!(
+            sent,
+            serde_json::json!({ "query": "{ item }", "variables": { "id": 7 } })
+        );
+        let answer = up.get_json(&ctx, "/echo").await.expect("answer");
+        assert_eq!(answer["method"], "GET");
+        assert_eq!(
+            ports.lock().expect("ports").len(),
+            1,
+            "one connection throughout"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
-//! The connections of pass-through calls to one `http://` instance, made with hyper's connection
-//! API and pooled by the instance itself: HTTP/1.1 keep-alive connections, or HTTP/2 connections
-//! that carry many calls at once for an upstream configured with `protocol = "http2"`.
+//! The connections of pass-through, REST and GraphQL calls to one `http://` instance, made with
+//! hyper's connection API and pooled by the instance itself: HTTP/1.1 keep-alive connections, or
+//! HTTP/2 connections that carry many calls at once for an upstream configured with
+//! `protocol = "http2"`.
 //!
 //! A client shared by every backend would key its pool by scheme and authority, hash that key
 //! twice a call and spawn a task per call to notice when the connection is free again; the
