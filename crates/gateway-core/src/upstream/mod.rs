@@ -466,6 +466,7 @@ impl Upstream {
             None => self.http.get(url),
             Some(body) => self.http.post(url).json(body),
         }
+        .header(axum::http::header::ACCEPT, "application/json")
         .timeout(timeout);
         for (name, value) in ctx.headers(timeout) {
             req = req.header(axum::http::HeaderName::from_static(name), value);
