@@ -48,6 +48,8 @@ pub mod server;
 mod stage;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod upstream;
 
 pub use aggregate::{ApiResponse, FanOut, Gathered, Need, Outcome, Shaped};

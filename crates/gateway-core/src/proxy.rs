@@ -504,17 +504,7 @@ mod tests {
         backend: axum::Router,
         configure: impl FnOnce(&mut crate::config::UpstreamConfig),
     ) -> ProxyRoute {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                backend.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .await
-        });
+        let url = crate::testing::serve(backend).await;
         let mut upstream = crate::config::UpstreamConfig::at(&url);
         configure(&mut upstream);
         let upstreams = Upstreams::new(&std::collections::BTreeMap::from([(
