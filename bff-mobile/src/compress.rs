@@ -1,7 +1,25 @@
-//! Which answers the mobile BFF compresses.
+//! Which answers the mobile BFF compresses, and how whole answers are compressed at once.
+//!
+//! Two layers do the work. tower-http's [`CompressionLayer`](tower_http::compression) is the
+//! outer one: it negotiates `Accept-Encoding` and compresses answers as they stream. Inside it,
+//! [`OneShot`] takes the answers whose whole size is known and small ([`ONE_SHOT_MAX`]): the
+//! JSON the BFF builds, and pass-through answers with a `Content-Length`. It reads such an answer
+//! and compresses it in one call, on an encoder kept by the worker thread from one answer to the
+//! next, where a streaming encoder allocates and clears its tables (half a megabyte for brotli)
+//! for every answer. The answer says `Content-Encoding`, so the outer layer passes it on as it
+//! is; the bytes are those the streaming encoders make, at the same levels.
 
-use axum::body::HttpBody;
-use axum::http::{Response, header};
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::io;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, HttpBody};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, header};
+use bytes::Bytes;
+use futures::future::{BoxFuture, Either};
+use http_body_util::{BodyExt as _, Limited};
+use tower::{Layer, Service};
 use tower_http::compression::Predicate;
 
 /// tower-http's default rule (nothing under 32 bytes; not gRPC, but gRPC-Web; not images, but
@@ -37,11 +55,492 @@ impl Predicate for Compressible {
     }
 }
 
+/// The largest answer [`OneShot`] compresses whole; larger ones, and those of unknown size,
+/// stream through tower-http's encoders.
+pub(crate) const ONE_SHOT_MAX: u64 = 256 * 1024;
+
+/// gzip's level, as tower-http's default.
+const GZIP_LEVEL: u32 = 6;
+
+/// What a client's `Accept-Encoding` chose, when it chose a compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Coding {
+    Gzip,
+    Brotli,
+}
+
+impl Coding {
+    fn header_value(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Coding::Gzip => "gzip",
+            Coding::Brotli => "br",
+        })
+    }
+}
+
+/// The codings the client may be answered with, as tower-http ranks them: identity below gzip
+/// below brotli when their weights tie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Offered {
+    Identity,
+    Gzip,
+    Brotli,
+}
+
+/// A weight (`q=`), in thousandths; `None` if malformed, which drops the entry.
+fn weight(param: &str) -> Option<u16> {
+    let rest = param
+        .strip_prefix(['q', 'Q'])
+        .and_then(|r| r.strip_prefix('='))?;
+    let mut chars = rest.chars();
+    let mut value: u16 = match chars.next()? {
+        '0' => 0,
+        '1' => 1000,
+        _ => return None,
+    };
+    match chars.next() {
+        None => return Some(value),
+        Some('.') => {}
+        Some(_) => return None,
+    }
+    let mut factor = 100;
+    for c in chars {
+        let digit = c.to_digit(10)?;
+        if factor == 0 {
+            return None;
+        }
+        value += factor * digit as u16;
+        factor /= 10;
+    }
+    (value <= 1000).then_some(value)
+}
+
+/// The entries of every `Accept-Encoding` value: each coding's name and weight.
+fn entries(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<u16>)> {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|entry| {
+            let mut parts = entry.splitn(2, ';');
+            let name = parts.next().unwrap_or_default().trim();
+            (name, parts.next().map_or(Some(1000), |p| weight(p.trim())))
+        })
+}
+
+/// The compression the client's `Accept-Encoding` asks for, decided as tower-http decides it
+/// (a test holds the two together): the highest weight above zero among gzip, brotli and
+/// identity, a `*` standing for those not named; `None` for identity, or when nothing is
+/// acceptable (tower-http then answers 406).
+pub(crate) fn negotiate(headers: &HeaderMap) -> Option<Coding> {
+    let offered = |name: &str| {
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            Some(Offered::Gzip)
+        } else if name.eq_ignore_ascii_case("br") {
+            Some(Offered::Brotli)
+        } else if name.eq_ignore_ascii_case("identity") {
+            Some(Offered::Identity)
+        } else {
+            None
+        }
+    };
+    let wildcard = entries(headers).find_map(|(name, q)| (name == "*").then_some(q).flatten());
+    let best = match wildcard {
+        // Each coding weighs as its first well-formed entry says, else as the `*`.
+        Some(any) => [Offered::Identity, Offered::Gzip, Offered::Brotli]
+            .into_iter()
+            .map(|coding| {
+                let q = entries(headers)
+                    .find_map(|(name, q)| q.filter(|_| offered(name) == Some(coding)));
+                (q.unwrap_or(any), coding)
+            })
+            .filter(|&(q, _)| q > 0)
+            .max(),
+        None => entries(headers)
+            .filter_map(|(name, q)| Some((q?, offered(name)?)))
+            .filter(|&(q, _)| q > 0)
+            .max(),
+    };
+    match best?.1 {
+        Offered::Gzip => Some(Coding::Gzip),
+        Offered::Brotli => Some(Coding::Brotli),
+        Offered::Identity => None,
+    }
+}
+
+/// Compresses whole answers of a known, small size at once (see the module's notes); passes
+/// everything else on untouched.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneShotLayer;
+
+impl<S> Layer<S> for OneShotLayer {
+    type Service = OneShot<S>;
+    fn layer(&self, inner: S) -> OneShot<S> {
+        OneShot { inner }
+    }
+}
+
+/// The service of [`OneShotLayer`].
+#[derive(Debug, Clone)]
+pub struct OneShot<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for OneShot<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Some(coding) = negotiate(req.headers()) else {
+            return Either::Left(self.inner.call(req));
+        };
+        let answer = self.inner.call(req);
+        Either::Right(Box::pin(
+            async move { Ok(whole(answer.await?, coding).await) },
+        ))
+    }
+}
+
+/// `res` compressed whole with `coding`, if it qualifies; else as it was.
+async fn whole(res: Response<Body>, coding: Coding) -> Response<Body> {
+    let qualifies = !res.headers().contains_key(header::CONTENT_ENCODING)
+        && !res.headers().contains_key(header::CONTENT_RANGE)
+        && res
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= ONE_SHOT_MAX)
+        && Compressible.should_compress(&res);
+    if !qualifies {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    // The size is known, but a body may still fail, or (a bug upstream) run past its size.
+    let collected = match Limited::new(body, ONE_SHOT_MAX as usize).collect().await {
+        Ok(collected) => collected,
+        Err(e) => {
+            // As the streaming encoder would: the head goes out, the body fails.
+            let failed = futures::stream::once(async move { Err::<Bytes, _>(e) });
+            return Response::from_parts(parts, Body::from_stream(failed));
+        }
+    };
+    let trailers = collected.trailers().cloned();
+    let packed = Bytes::from(compress(coding, &collected.to_bytes()));
+    let vary = parts
+        .headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| contains_ignore_case(v.as_bytes(), b"accept-encoding"));
+    if !vary {
+        parts
+            .headers
+            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    parts.headers.remove(header::ACCEPT_RANGES);
+    parts
+        .headers
+        .insert(header::CONTENT_ENCODING, coding.header_value());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(packed.len()));
+    let body = match trailers {
+        None => Body::from(packed),
+        Some(trailers) => {
+            // Trailers follow the data, as they came; no length is promised then.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let frames = [
+                Ok::<_, Infallible>(http_body::Frame::data(packed)),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+                frames,
+            )))
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+thread_local! {
+    /// The worker thread's gzip state, reset before each answer.
+    static GZIP: RefCell<flate2::Compress> =
+        RefCell::new(flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false));
+    /// The worker thread's brotli encoder, at tower-http's default quality (4); it keeps its
+    /// tables between answers.
+    static BROTLI: RefCell<Option<mbrotli::Compressor>> = const { RefCell::new(None) };
+}
+
+/// `input` compressed with `coding`, whole.
+pub(crate) fn compress(coding: Coding, input: &[u8]) -> Vec<u8> {
+    match coding {
+        Coding::Gzip => gzip(input),
+        Coding::Brotli => brotli(input),
+    }
+}
+
+/// A gzip member (RFC 1952): a fixed header, the deflate stream, its CRC-32 and length.
+fn gzip(input: &[u8]) -> Vec<u8> {
+    // No name, no time, no flags; "unknown" operating system, as flate2 writes.
+    const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let mut out = Vec::with_capacity(HEADER.len() + input.len() / 2 + 64);
+    out.extend_from_slice(&HEADER);
+    GZIP.with_borrow_mut(|z| {
+        z.reset();
+        loop {
+            let read = usize::try_from(z.total_in()).expect("within the answer");
+            out.reserve(256.max(input.len() - read));
+            match z.compress_vec(&input[read..], &mut out, flate2::FlushCompress::Finish) {
+                Ok(flate2::Status::StreamEnd) => break,
+                Ok(_) => {}
+                Err(e) => unreachable!("deflate refused its own state: {e}"),
+            }
+        }
+    });
+    let mut crc = flate2::Crc::new();
+    crc.update(input);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    // ISIZE: the length modulo 2^32; answers here are far smaller.
+    out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+    out
+}
+
+fn brotli(input: &[u8]) -> Vec<u8> {
+    BROTLI.with_borrow_mut(|slot| {
+        let encoder = slot.get_or_insert_with(|| {
+            let config = mbrotli::EncoderConfig::default().with_quality(mbrotli::Quality::Q4);
+            mbrotli::Compressor::new(config).expect("quality 4 is a valid configuration")
+        });
+        let mut out = Vec::with_capacity(input.len() / 2 + 64);
+        encoder
+            .compress_into(input, &mut out)
+            .map_err(io::Error::other)
+            .expect("an in-memory brotli stream within its size cannot fail");
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::Body;
+    use futures::executor::block_on;
+    use std::io::Read as _;
+    use tower::ServiceExt as _;
     use tower_http::compression::DefaultPredicate;
+
+    /// A JSON answer of `len` bytes, varied so that it compresses as real answers do.
+    fn json_of(len: usize) -> Bytes {
+        let mut text = String::from("{\"items\":[");
+        let mut i = 0;
+        while text.len() + 40 < len {
+            text.push_str(&format!(
+                "{{\"id\":\"item-{i:04}\",\"n\":{}}},",
+                i * 7919 % 1000
+            ));
+            i += 1;
+        }
+        text.push_str("{}],\"pad\":\"");
+        while text.len() + 2 < len {
+            text.push('x');
+        }
+        text.push_str("\"}");
+        Bytes::from(text)
+    }
+
+    fn decode(coding: Option<&str>, packed: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match coding {
+            None => out.extend_from_slice(packed),
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(packed)
+                    .read_to_end(&mut out)
+                    .expect("gzip");
+            }
+            Some("br") => {
+                brotli::Decompressor::new(packed, 4096)
+                    .read_to_end(&mut out)
+                    .expect("brotli");
+            }
+            Some(other) => panic!("unexpected coding {other}"),
+        }
+        out
+    }
+
+    /// What the mobile BFF's compression sends for `text` asked with `accept`: the status, the
+    /// coding, whether it says `Vary: accept-encoding`, its `Content-Length`, the decoded body.
+    type Sent = (u16, Option<String>, bool, Option<String>, Vec<u8>);
+
+    fn send(accept: Option<&str>, text: Bytes, streamed: bool) -> Sent {
+        let backend = tower::service_fn(move |_: Request<Body>| {
+            let text = text.clone();
+            async move {
+                let body = if streamed {
+                    // No size known: tower-http's streaming encoders take it.
+                    Body::from_stream(futures::stream::iter([Ok::<_, Infallible>(text)]))
+                } else {
+                    Body::from(text)
+                };
+                let res = Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .expect("answer");
+                Ok::<_, Infallible>(res)
+            }
+        });
+        let mut req = Request::get("/api/catalog")
+            .body(Body::empty())
+            .expect("request");
+        if let Some(accept) = accept {
+            req.headers_mut()
+                .insert(header::ACCEPT_ENCODING, accept.parse().expect("value"));
+        }
+        let svc = crate::compression().layer(backend);
+        let res = block_on(svc.oneshot(req)).expect("infallible");
+        let text = |name| {
+            res.headers()
+                .get(name)
+                .map(|v: &HeaderValue| v.to_str().expect("ascii").to_owned())
+        };
+        let coding = text(header::CONTENT_ENCODING);
+        let length = text(header::CONTENT_LENGTH);
+        let vary = text(header::VARY).is_some_and(|v| v.eq_ignore_ascii_case("accept-encoding"));
+        let status = res.status().as_u16();
+        let packed = block_on(res.into_body().collect())
+            .expect("body")
+            .to_bytes();
+        let body = decode(coding.as_deref(), &packed);
+        if let Some(length) = &length {
+            assert_eq!(
+                length,
+                &packed.len().to_string(),
+                "the length sent is the body's"
+            );
+        }
+        (status, coding, vary, length, body)
+    }
+
+    /// `negotiate` against tower-http: every header below gets the same status, coding and
+    /// `Vary` whether the answer is compressed whole (a known size) or streamed by tower-http,
+    /// and both decode to the answer.
+    #[test]
+    fn whole_answers_are_answered_as_tower_http_streams_them() {
+        let headers = [
+            None,
+            Some(""),
+            Some("gzip"),
+            Some("br"),
+            Some("gzip, deflate, br"),
+            Some("gzip, compress, deflate, br"),
+            Some("deflate"),
+            Some("zstd"),
+            Some("identity"),
+            Some("identity;q=0"),
+            Some("*"),
+            Some("*;q=0"),
+            Some("*;q=0, gzip"),
+            Some("br;q=0, *"),
+            Some("gzip;q=0.5, br;q=0.4"),
+            Some("gzip;q=0.5, br;q=0.5"),
+            Some("gzip;q=1.0, br;q=0.999"),
+            Some("br;q=0.0001, gzip;q=0.2"),
+            Some("br;q=0.001, gzip;q=0"),
+            Some("br;q=1.5, gzip;q=0.1"),
+            Some("BR;Q=0.9, X-GZIP"),
+            Some("gzip;q=0, br;q=0"),
+            Some("gzip;q=0, br;q=0, identity;q=0"),
+            Some("gzip;q=0, identity"),
+            Some("br;q=0.3, gzip;q=0.2, *;q=0.9"),
+            Some("br;q=0.3, *;q=0.9, br;q=1"),
+            Some("identity;q=0, *;q=0.1"),
+            Some(" br ; q=0.8 ,gzip"),
+            Some("br;level=5, gzip"),
+            Some("*;q=oops, br;q=0.2"),
+        ];
+        for size in [1024, 9000] {
+            let text = json_of(size);
+            for accept in headers {
+                let whole = send(accept, text.clone(), false);
+                let streamed = send(accept, text.clone(), true);
+                assert_eq!(whole.0, streamed.0, "status, {accept:?}");
+                assert_eq!(whole.1, streamed.1, "coding, {accept:?}");
+                assert_eq!(whole.2, streamed.2, "vary, {accept:?}");
+                assert_eq!(whole.4, text, "decoded whole, {accept:?}");
+                assert_eq!(streamed.4, text, "decoded streamed, {accept:?}");
+                if whole.1.is_some() {
+                    // Compressed whole, with its length; tower-http streams it without one.
+                    assert!(whole.3.is_some(), "{accept:?}");
+                    assert!(streamed.3.is_none(), "{accept:?}");
+                }
+            }
+        }
+    }
+
+    /// The encoders a thread keeps start each answer afresh: a long answer, then short ones,
+    /// each decodes to itself, and the bytes are the same each time.
+    #[test]
+    fn reused_encoders_start_each_answer_afresh() {
+        let long = json_of(200_000);
+        let short = json_of(700);
+        for coding in [Coding::Gzip, Coding::Brotli] {
+            let name = Some(match coding {
+                Coding::Gzip => "gzip",
+                Coding::Brotli => "br",
+            });
+            let first = compress(coding, &short);
+            assert_eq!(decode(name, &compress(coding, &long)), long);
+            let again = compress(coding, &short);
+            assert_eq!(decode(name, &again), short);
+            assert_eq!(first, again, "{coding:?}");
+            assert!(
+                again.len() < short.len() / 2,
+                "{coding:?}: {} bytes",
+                again.len()
+            );
+            assert_eq!(decode(name, &compress(coding, b"")), b"");
+        }
+    }
+
+    /// Larger than `ONE_SHOT_MAX`, or already encoded: left to tower-http, or as they are.
+    #[test]
+    fn large_or_encoded_answers_are_not_compressed_whole() {
+        let big = json_of(ONE_SHOT_MAX as usize + 1);
+        let (status, coding, _, length, body) = send(Some("br"), big.clone(), false);
+        assert_eq!((status, coding.as_deref(), length), (200, Some("br"), None));
+        assert_eq!(body, big);
+
+        let backend = tower::service_fn(|_: Request<Body>| async {
+            let res = Response::builder()
+                .header(header::CONTENT_ENCODING, "gzip")
+                .body(Body::from(vec![7u8; 100]))
+                .expect("answer");
+            Ok::<_, Infallible>(res)
+        });
+        let req = Request::get("/")
+            .header(header::ACCEPT_ENCODING, "br")
+            .body(Body::empty())
+            .expect("request");
+        let res = block_on(OneShotLayer.layer(backend).oneshot(req)).expect("infallible");
+        assert_eq!(res.headers()[header::CONTENT_ENCODING], "gzip");
+        let body = block_on(res.into_body().collect())
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body.as_ref(), [7u8; 100]);
+    }
 
     #[test]
     fn decides_as_tower_https_default() {

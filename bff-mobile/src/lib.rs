@@ -9,7 +9,7 @@
 //! | `GET /api/home-feed` | `feed:read` | content (required), recommendations, ads | 30 s per user |
 //! | `GET /api/v2/start` | `profile:read` and `feed:read` | all six of the above, at once | 30 s per user |
 
-mod compress;
+pub mod compress;
 mod version;
 
 use std::sync::{Arc, LazyLock};
@@ -29,7 +29,8 @@ use gateway_core::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tower_http::compression::CompressionLayer;
+use tower::layer::util::Stack;
+use tower_http::compression::{CompressionLayer, Predicate};
 
 pub use version::ClientVersion;
 
@@ -119,12 +120,16 @@ pub fn app(gw: Gw) -> App {
 
 /// The mobile BFF's answer compression: gzip or brotli, as the client's `Accept-Encoding` asks,
 /// at tower-http's levels (gzip 6 on zlib-rs, brotli 4), for answers of 32 bytes or more that are
-/// not images, gRPC or event streams.
-pub fn compression() -> CompressionLayer<impl tower_http::compression::Predicate> {
-    CompressionLayer::new()
-        .gzip(true)
-        .br(true)
-        .compress_when(compress::Compressible)
+/// not images, gRPC or event streams. Answers of a known size up to 256 KB are compressed whole,
+/// on encoders reused from one answer to the next; the rest stream through tower-http's.
+pub fn compression() -> Stack<compress::OneShotLayer, CompressionLayer<impl Predicate>> {
+    Stack::new(
+        compress::OneShotLayer,
+        CompressionLayer::new()
+            .gzip(true)
+            .br(true)
+            .compress_when(compress::Compressible),
+    )
 }
 
 /// `GET /api/v2/user/profile`: user, subscription and preferences in one compact object.
