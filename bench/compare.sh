@@ -167,3 +167,6 @@ print(b / a)")
   RATIOS+=("$(echo "$line" | tail -1)")
 done
 python3 -c "import statistics, sys; print(f'| median | | | **{statistics.median(map(float, sys.argv[1:])):.2f}×** | | |')" "${RATIOS[@]}"
+hwm() { awk '/^VmHWM/ { printf "%.1f MB", $2 / 1024 }' "/proc/$1/status"; }
+echo
+echo "Peak RSS (VmHWM) of each gateway over the run: before $(hwm "$PID_BEFORE"), after $(hwm "$PID_AFTER")."

@@ -680,6 +680,26 @@ async fn a_passed_through_answer_is_compressed_whole() {
         .expect("valid gzip");
     let page: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(page["items"].as_array().map(Vec::len), Some(20), "{page}");
+
+    // The same page with brotli: the backend gave its length, so the answer is compressed
+    // whole and says its own.
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/catalog/items?limit=20", bff.url))
+        .bearer_auth(&token)
+        .header("accept-encoding", "br, gzip")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header(&res, "content-encoding"), "br");
+    let length = header(&res, "content-length").to_owned();
+    let packed = res.bytes().await.expect("the whole body");
+    assert_eq!(length, packed.len().to_string());
+    let mut unpacked = String::new();
+    brotli::Decompressor::new(&packed[..], 4096)
+        .read_to_string(&mut unpacked)
+        .expect("valid brotli");
+    assert_eq!(unpacked, text);
 }
 
 #[tokio::test]
