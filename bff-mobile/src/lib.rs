@@ -120,7 +120,7 @@ pub fn app(gw: Gw) -> App {
 
 /// The mobile BFF's answer compression: gzip or brotli, as the client's `Accept-Encoding` asks,
 /// at tower-http's levels (gzip 6 on zlib-rs, brotli 4), for answers of 32 bytes or more that are
-/// not images, gRPC or event streams. Answers of a known size up to 256 KB are compressed whole,
+/// not images, gRPC or event streams. Answers of a known size up to 64 KB are compressed whole,
 /// on encoders reused from one answer to the next; the rest stream through tower-http's.
 pub fn compression() -> Stack<compress::OneShotLayer, CompressionLayer<impl Predicate>> {
     Stack::new(
