@@ -213,6 +213,10 @@ if [ "$ACCESS_LOG" = 1 ]; then PROXY_LOG="access_log $WORK/proxy/access.log comb
     keepalive_requests 10000000;
     keepalive_timeout 300s;
   }
+  upstream demo {   # the demo backends' REST services: one fan-out part through a proxy
+    server 127.0.0.1:$P_REST;
+    keepalive 16;
+  }
   server {
     listen 127.0.0.1:$P_NGINX backlog=4096;
     location /api/catalog/ {
@@ -220,6 +224,11 @@ if [ "$ACCESS_LOG" = 1 ]; then PROXY_LOG="access_log $WORK/proxy/access.log comb
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_buffering on;
+    }
+    location /api/demo/ {
+      proxy_pass http://demo/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
     }
   }
 }
@@ -286,8 +295,19 @@ rewrite = "/"
 scopes = []
 methods = ["GET", "HEAD"]
 
+[[proxy]]   # one fan-out part through the gateway, as through nginx
+prefix = "/api/demo"
+upstream = "demo"
+rewrite = "/"
+scopes = []
+methods = ["GET"]
+
 [upstreams.static]
 url = "http://127.0.0.1:$P_FOR_GW"
+timeout_ms = 5000
+
+[upstreams.demo]
+url = "http://127.0.0.1:$P_REST"
 timeout_ms = 5000
 
 [upstreams.user]
@@ -549,6 +569,11 @@ EOF
 # backends' 20 ms sleep itself takes a little longer than 20 ms).
 log "fan-out baseline: one ${FANOUT_LATENCY_MS} ms part, called directly"
 load part-direct demo oha "http://127.0.0.1:$P_REST/content/items/item-001" -z "${DURATION}s" -c 1
+# The same part through one proxy hop, nginx's and the gateway's pass-through, one request at a
+# time: what a hop costs on this host when the proxy's core idles while the part sleeps.
+log "fan-out reference: that part through nginx, then through the gateway's pass-through"
+load part-nginx nginx oha "http://127.0.0.1:$P_NGINX/api/demo/content/items/item-001" -z "${DURATION}s" -c 1
+load part-gateway gateway oha "http://127.0.0.1:$P_GW/api/demo/content/items/item-001" -z "${DURATION}s" -c 1 -H "$AUTH"
 curl -fs -X POST "http://127.0.0.1:$P_REST/admin/reset" >/dev/null
 # The gateway's own cost of the fan-out: the same route without the delay, one request at a time
 # (no pause between requests to cool the caches), and the CPU time the gateway spends on each.

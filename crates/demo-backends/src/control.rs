@@ -196,24 +196,34 @@ fn snapshot(
 /// How much of a delay is left to a blocking thread's sleep.
 const FINE_DELAY: Duration = Duration::from_millis(3);
 
-/// Waits `duration`, to within the kernel's timer slack (about 50 µs) rather than tokio's
-/// milliseconds. Tokio's timer counts whole milliseconds and fires up to about two of them late,
-/// so a 20 ms fault would last 21 to 22 ms and blur what a test or a benchmark measures through
-/// the gateway. So the delay sleeps on tokio's timer until 3 ms before the deadline, and the rest
-/// on a blocking thread, whose `nanosleep` is exact; one such thread sleeps per delayed call, for
-/// at most those 3 ms.
+/// How early the blocking thread's sleep ends: more than its overshoot and the wake of the task
+/// after it, which together took 110 to 390 µs on a virtual machine whose CPU idled meanwhile.
+const EARLY: Duration = Duration::from_micros(500);
+
+/// Waits `duration`, to within a few microseconds rather than tokio's milliseconds. Tokio's timer
+/// counts whole milliseconds and fires up to about two of them late, and a blocking thread's
+/// `nanosleep` and the wake of the task after it end 0.1 to 0.4 ms late (the kernel's timer
+/// slack, and on a virtual machine the wake of an idle CPU): a 20 ms fault would last 21 to 22 ms
+/// on the first, 20.2 to 20.3 on the second, and blur what a test or a benchmark measures through
+/// the gateway. So the delay sleeps on tokio's timer until 3 ms before the deadline, then on a
+/// blocking thread until 0.5 ms before it, and yields on its worker for the rest, letting the
+/// worker's other tasks run meanwhile. One such thread sleeps per delayed call, for at most
+/// those 3 ms.
 pub(crate) async fn delay(duration: Duration) {
     let deadline = std::time::Instant::now() + duration;
     if let Some(coarse) = duration.checked_sub(FINE_DELAY) {
         tokio::time::sleep(coarse).await;
     }
     let rest = deadline.saturating_duration_since(std::time::Instant::now());
-    if !rest.is_zero()
-        && tokio::task::spawn_blocking(move || std::thread::sleep(rest))
+    if let Some(sleep) = rest.checked_sub(EARLY).filter(|d| !d.is_zero())
+        && tokio::task::spawn_blocking(move || std::thread::sleep(sleep))
             .await
             .is_err()
     {
         tokio::time::sleep_until(deadline.into()).await;
+    }
+    while std::time::Instant::now() < deadline {
+        tokio::task::yield_now().await;
     }
 }
 
