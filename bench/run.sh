@@ -565,8 +565,8 @@ for _ in range(100):
 print(json.dumps({"total_p50": statistics.median(totals), "slowest_part_p50": statistics.median(slowest),
                   "over_p50": statistics.median(t - s for t, s in zip(totals, slowest))}))
 EOF
-# The baseline: one part alone, a call straight to a demo service with the same fault (the demo
-# backends' 20 ms sleep itself takes a little longer than 20 ms).
+# The baseline: one part alone, a call straight to a demo service with the same fault (the fault
+# ends on time, but the call takes a little longer than 20 ms: its answer wakes idle processes).
 log "fan-out baseline: one ${FANOUT_LATENCY_MS} ms part, called directly"
 load part-direct demo oha "http://127.0.0.1:$P_REST/content/items/item-001" -z "${DURATION}s" -c 1
 # The same part through one proxy hop, nginx's and the gateway's pass-through, one request at a
