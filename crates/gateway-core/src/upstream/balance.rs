@@ -64,6 +64,10 @@ pub struct Instance {
     /// For an `http://` base, what its pass-through, REST and GraphQL calls go through.
     plain: Option<Plain>,
     connect_timeout: Duration,
+    /// For an `http://` base, the HTTP/2 connections of its gRPC calls: the pass-through pool's
+    /// when that speaks HTTP/2, a pool of their own otherwise.
+    grpc_pool: Option<super::pass::Pool>,
+    /// For an `https://` base, tonic's channel (TLS), created on first use.
     channel: OnceLock<Channel>,
     healthy: AtomicBool,
     inflight: AtomicUsize,
@@ -80,7 +84,8 @@ impl Instance {
             max_open,
         } = dial.into();
         let base = base.trim_end_matches('/');
-        let plain = base.parse::<http::Uri>().ok().and_then(|uri| {
+        let uri = base.parse::<http::Uri>().ok();
+        let plain = uri.as_ref().and_then(|uri| {
             (uri.scheme() == Some(&http::uri::Scheme::HTTP)).then_some(())?;
             let authority = uri.authority()?;
             // As the client would write it: no user information, the port only when not 80.
@@ -96,11 +101,19 @@ impl Instance {
                 prefix: uri.path().trim_end_matches('/').to_owned(),
             })
         });
+        let grpc_pool = match (&plain, protocol) {
+            (Some(plain), super::Protocol::Http2) => Some(plain.pool.clone()),
+            (Some(_), super::Protocol::Http1) => uri.as_ref().and_then(|uri| {
+                super::pass::Pool::new(uri.authority()?, super::Protocol::Http2, 1, 0)
+            }),
+            (None, _) => None,
+        };
         Self {
             url: reqwest::Url::parse(base).ok(),
             plain,
             base: base.to_owned(),
             connect_timeout,
+            grpc_pool,
             channel: OnceLock::new(),
             healthy: AtomicBool::new(true),
             inflight: AtomicUsize::new(0),
@@ -159,21 +172,26 @@ impl Instance {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// The gRPC channel, created on first use and shared after: HTTP/2, multiplexed, reconnecting.
-    pub fn channel(&self) -> Channel {
-        self.channel
-            .get_or_init(|| {
-                // The URL was validated at configuration time; should it still not parse, every
-                // call fails and is reported as such.
-                Endpoint::from_shared(self.base.clone())
-                    .unwrap_or_else(|_| Endpoint::from_static("http://invalid.invalid"))
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_while_idle(true)
-                    .connect_lazy()
-            })
-            .clone()
+    /// What gRPC clients of this instance are built on (`UserServiceClient::new(instance.channel())`):
+    /// to an `http://` instance, its own HTTP/2 connections, shared by every call (see
+    /// [`super::grpc`]); to an `https://` one, tonic's channel, created on first use and shared
+    /// after. Either reconnects when its connection closes.
+    pub fn channel(&self) -> super::grpc::GrpcChannel {
+        if let Some(pool) = &self.grpc_pool {
+            return super::grpc::GrpcChannel::pooled(pool.clone());
+        }
+        let channel = self.channel.get_or_init(|| {
+            // The URL was validated at configuration time; should it still not parse, every
+            // call fails and is reported as such.
+            Endpoint::from_shared(self.base.clone())
+                .unwrap_or_else(|_| Endpoint::from_static("http://invalid.invalid"))
+                .connect_timeout(self.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true)
+                .connect_lazy()
+        });
+        super::grpc::GrpcChannel::tonic(channel.clone())
     }
 
     /// Counts a call in flight until the guard drops.

@@ -1,8 +1,8 @@
-//! Calls to backends: each `http://` instance's own pooled connections for its REST, GraphQL and
-//! pass-through calls ([`pass`]); one pooled HTTP client for `https://` instances (keep-alive;
-//! another for those that speak HTTP/2) and health checks; one lazily connected HTTP/2 channel
-//! per gRPC upstream; and the per-request context every call carries downstream (identity,
-//! request id, `traceparent`, deadline).
+//! Calls to backends: each `http://` instance's own pooled connections for its REST, GraphQL,
+//! gRPC ([`grpc`], over HTTP/2) and pass-through calls ([`pass`]); one pooled HTTP client for
+//! `https://` instances (keep-alive; another for those that speak HTTP/2) and health checks, and
+//! one lazily connected tonic channel for each `https://` gRPC instance; and the per-request
+//! context every call carries downstream (identity, request id, `traceparent`, deadline).
 //!
 //! A call's path: the version (primary, or the alternate of a traffic [`split`]) picked by the
 //! caller's subject; an instance picked by the balancer; the concurrency cap; the breaker;
@@ -27,6 +27,7 @@ pub mod breaker;
 pub mod discovery;
 pub mod fault;
 pub mod forward;
+pub mod grpc;
 mod pass;
 pub mod split;
 
@@ -842,7 +843,10 @@ impl CallContext {
     }
 
     /// The headers (or metadata) a backend call carries, made as they are taken (nothing
-    /// collected first).
+    /// collected first). The request id, `traceparent` and the deadline differ on every call, so
+    /// they are marked never to be indexed: over HTTP/2 an indexed value enters the connection's
+    /// header table (HPACK) and pushes out entries later calls could have reused (the path, the
+    /// identity headers), for nothing.
     pub(crate) fn headers(
         &self,
         timeout: Duration,
@@ -853,17 +857,17 @@ impl CallContext {
             .chain(
                 self.request_id
                     .as_ref()
-                    .map(|id| ("x-request-id", id.0.clone())),
+                    .map(|id| ("x-request-id", unique(id.0.clone()))),
             )
             .chain(
                 self.trace
                     .as_ref()
-                    .map(|trace| ("traceparent", trace.child_header_value())),
+                    .map(|trace| ("traceparent", unique(trace.child_header_value()))),
             )
             .chain(std::iter::once_with(move || {
                 (
                     DEADLINE_HEADER,
-                    HeaderValue::from(timeout.as_millis() as u64),
+                    unique(HeaderValue::from(timeout.as_millis() as u64)),
                 )
             }))
     }
@@ -873,18 +877,52 @@ impl CallContext {
     pub fn grpc<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
         let budget = self.budget(timeout);
         let mut req = tonic::Request::new(message);
-        req.set_timeout(budget);
         let md = req.metadata_mut();
         for (name, value) in self.headers(budget) {
             if name == DEADLINE_HEADER {
                 continue;
             }
-            if let Ok(v) = MetadataValue::try_from(value.as_bytes()) {
+            if let Ok(mut v) = MetadataValue::try_from(value.as_bytes()) {
+                v.set_sensitive(value.is_sensitive());
                 md.insert(name, v);
             }
         }
+        md.insert("grpc-timeout", grpc_timeout(budget));
         req
     }
+}
+
+/// `value`, marked never to be indexed by HTTP/2's header compression.
+fn unique(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
+/// `budget` as gRPC's `grpc-timeout` states it (at most eight digits and a unit): in
+/// microseconds below 100 s, in milliseconds below 27 hours, in seconds beyond; never to be
+/// indexed, as it differs on every call.
+fn grpc_timeout(budget: Duration) -> tonic::metadata::AsciiMetadataValue {
+    const MAX: u128 = 99_999_999;
+    let (n, unit) = match budget.as_micros() {
+        us if us <= MAX => (us, b'u'),
+        _ if budget.as_millis() <= MAX => (budget.as_millis(), b'm'),
+        _ => (u128::from(budget.as_secs()).min(MAX), b'S'),
+    };
+    let mut text = [0u8; 9];
+    let mut at = text.len() - 1;
+    text[at] = unit;
+    let mut n = n;
+    loop {
+        at -= 1;
+        text[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut value = MetadataValue::try_from(&text[at..]).expect("digits and a unit are ASCII");
+    value.set_sensitive(true);
+    value
 }
 
 /// How a call ended: the `outcome` label of `bff_upstream_calls_total`.
@@ -930,6 +968,24 @@ mod tests {
     use crate::auth::PrincipalKind;
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn grpc_timeout_states_the_budget_in_eight_digits_at_most() {
+        let cases = [
+            (Duration::ZERO, "0u"),
+            (Duration::from_nanos(999), "0u"),
+            (Duration::from_millis(300), "300000u"),
+            (Duration::from_micros(99_999_999), "99999999u"),
+            (Duration::from_secs(100), "100000m"),
+            (Duration::from_secs(30 * 3600), "108000S"),
+            (Duration::MAX, "99999999S"),
+        ];
+        for (budget, text) in cases {
+            let value = grpc_timeout(budget);
+            assert_eq!(value.to_str().expect("ascii"), text, "{budget:?}");
+            assert!(value.is_sensitive(), "never indexed");
+        }
+    }
 
     #[test]
     fn each_outcome_has_its_own_label() {

@@ -66,7 +66,8 @@ pub(crate) enum PassError {
     Unsent,
 }
 
-/// The pooled connections to one instance.
+/// The pooled connections to one instance; a clone shares them.
+#[derive(Clone)]
 pub(crate) struct Pool {
     shared: Arc<Shared>,
 }
