@@ -25,7 +25,9 @@ pub enum Balance {
 /// connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Dial {
-    /// How long opening the gRPC connection may take.
+    /// How long opening the gRPC connection to an `https://` instance may take (tonic's channel);
+    /// an `http://` instance's connections are opened within the pool's own bound, and every
+    /// call within its budget.
     pub connect_timeout: Duration,
     /// The HTTP version of REST and pass-through calls.
     pub protocol: super::Protocol,
