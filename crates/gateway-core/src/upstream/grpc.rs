@@ -44,6 +44,9 @@ impl GrpcChannel {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The header that carries a gRPC call's budget.
+pub(crate) const TIMEOUT: &str = "grpc-timeout";
+
 impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
     type Response = http::Response<tonic::body::Body>;
     type Error = BoxError;
@@ -64,7 +67,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
             }
             Transport::Pooled(pool) => {
                 let pool = pool.clone();
-                let bound = grpc_timeout(req.headers());
+                let bound = timeout_of(req.headers());
                 Box::pin(async move {
                     let call = pool.send(req.map(axum::body::Body::new));
                     let res = match bound {
@@ -87,11 +90,39 @@ impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
     }
 }
 
-/// The budget a request's `grpc-timeout` states: at most eight digits and a unit (`H`, `M`, `S`,
-/// `m`, `u`, `n`). Anything else states none, and the call is bounded by its caller's deadline
-/// alone.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.as_bytes();
+/// `budget` as `grpc-timeout` states it (at most eight digits and a unit): in microseconds below
+/// 100 s, in milliseconds below 27 hours, in seconds beyond; never to be indexed, as it differs on
+/// every call.
+pub(crate) fn timeout_value(budget: Duration) -> tonic::metadata::AsciiMetadataValue {
+    const MAX: u128 = 99_999_999;
+    let (n, unit) = match budget.as_micros() {
+        us if us <= MAX => (us, b'u'),
+        _ if budget.as_millis() <= MAX => (budget.as_millis(), b'm'),
+        _ => (u128::from(budget.as_secs()).min(MAX), b'S'),
+    };
+    let mut text = [0u8; 9];
+    let mut at = text.len() - 1;
+    text[at] = unit;
+    let mut n = n;
+    loop {
+        at -= 1;
+        text[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut value =
+        tonic::metadata::MetadataValue::try_from(&text[at..]).expect("digits and a unit are ASCII");
+    value.set_sensitive(true);
+    value
+}
+
+/// The budget a request's `grpc-timeout` states ([`timeout_value`] writes it; any client may):
+/// at most eight digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). Anything else states none, and
+/// the call is bounded by its caller's deadline alone.
+fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(TIMEOUT)?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -238,7 +269,37 @@ mod tests {
     fn parsed(value: &str) -> Option<Duration> {
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-timeout", value.parse().expect("header value"));
-        grpc_timeout(&headers)
+        timeout_of(&headers)
+    }
+
+    #[test]
+    fn grpc_timeout_states_the_budget_in_eight_digits_at_most() {
+        let cases = [
+            (Duration::ZERO, "0u"),
+            (Duration::from_nanos(999), "0u"),
+            (Duration::from_millis(300), "300000u"),
+            (Duration::from_micros(99_999_999), "99999999u"),
+            (Duration::from_secs(100), "100000m"),
+            (Duration::from_secs(30 * 3600), "108000S"),
+            (Duration::MAX, "99999999S"),
+        ];
+        for (budget, text) in cases {
+            let value = timeout_value(budget);
+            assert_eq!(value.to_str().expect("ascii"), text, "{budget:?}");
+            assert!(value.is_sensitive(), "never indexed");
+            // What the gateway writes, it reads back, to the unit's precision.
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                TIMEOUT,
+                value.to_str().expect("ascii").parse().expect("value"),
+            );
+            let read = timeout_of(&headers).expect("a budget");
+            let stated = budget.min(Duration::from_secs(99_999_999));
+            assert!(
+                read <= stated && stated - read < Duration::from_secs(1),
+                "{budget:?}"
+            );
+        }
     }
 
     #[test]
@@ -252,6 +313,6 @@ mod tests {
         for bad in ["", "m", "123456789m", "12x", "-1m", "1.5S", "１m"] {
             assert_eq!(parsed(bad), None, "{bad:?}");
         }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+        assert_eq!(timeout_of(&http::HeaderMap::new()), None);
     }
 }

@@ -851,6 +851,17 @@ impl CallContext {
         &self,
         timeout: Duration,
     ) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+        self.carried().chain(std::iter::once_with(move || {
+            (
+                DEADLINE_HEADER,
+                unique(HeaderValue::from(timeout.as_millis() as u64)),
+            )
+        }))
+    }
+
+    /// What every call carries, HTTP or gRPC: the identity headers, the request id and
+    /// `traceparent` (the deadline is said differently by each).
+    fn carried(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
         let identity = self.principal.iter().flat_map(|p| p.identity_headers());
         identity
             .cloned()
@@ -864,12 +875,6 @@ impl CallContext {
                     .as_ref()
                     .map(|trace| ("traceparent", unique(trace.child_header_value()))),
             )
-            .chain(std::iter::once_with(move || {
-                (
-                    DEADLINE_HEADER,
-                    unique(HeaderValue::from(timeout.as_millis() as u64)),
-                )
-            }))
     }
 
     /// A gRPC request carrying identity, request id and `traceparent` as metadata, and the budget
@@ -878,49 +883,19 @@ impl CallContext {
         let budget = self.budget(timeout);
         let mut req = tonic::Request::new(message);
         let md = req.metadata_mut();
-        for (name, value) in self.headers(budget) {
-            if name == DEADLINE_HEADER {
-                continue;
-            }
+        for (name, value) in self.carried() {
             if let Ok(mut v) = MetadataValue::try_from(value.as_bytes()) {
                 v.set_sensitive(value.is_sensitive());
                 md.insert(name, v);
             }
         }
-        md.insert("grpc-timeout", grpc_timeout(budget));
+        md.insert(grpc::TIMEOUT, grpc::timeout_value(budget));
         req
     }
 }
 
 /// `value`, marked never to be indexed by HTTP/2's header compression.
 fn unique(mut value: HeaderValue) -> HeaderValue {
-    value.set_sensitive(true);
-    value
-}
-
-/// `budget` as gRPC's `grpc-timeout` states it (at most eight digits and a unit): in
-/// microseconds below 100 s, in milliseconds below 27 hours, in seconds beyond; never to be
-/// indexed, as it differs on every call.
-fn grpc_timeout(budget: Duration) -> tonic::metadata::AsciiMetadataValue {
-    const MAX: u128 = 99_999_999;
-    let (n, unit) = match budget.as_micros() {
-        us if us <= MAX => (us, b'u'),
-        _ if budget.as_millis() <= MAX => (budget.as_millis(), b'm'),
-        _ => (u128::from(budget.as_secs()).min(MAX), b'S'),
-    };
-    let mut text = [0u8; 9];
-    let mut at = text.len() - 1;
-    text[at] = unit;
-    let mut n = n;
-    loop {
-        at -= 1;
-        text[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut value = MetadataValue::try_from(&text[at..]).expect("digits and a unit are ASCII");
     value.set_sensitive(true);
     value
 }
@@ -968,24 +943,6 @@ mod tests {
     use crate::auth::PrincipalKind;
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[test]
-    fn grpc_timeout_states_the_budget_in_eight_digits_at_most() {
-        let cases = [
-            (Duration::ZERO, "0u"),
-            (Duration::from_nanos(999), "0u"),
-            (Duration::from_millis(300), "300000u"),
-            (Duration::from_micros(99_999_999), "99999999u"),
-            (Duration::from_secs(100), "100000m"),
-            (Duration::from_secs(30 * 3600), "108000S"),
-            (Duration::MAX, "99999999S"),
-        ];
-        for (budget, text) in cases {
-            let value = grpc_timeout(budget);
-            assert_eq!(value.to_str().expect("ascii"), text, "{budget:?}");
-            assert!(value.is_sensitive(), "never indexed");
-        }
-    }
 
     #[test]
     fn each_outcome_has_its_own_label() {
