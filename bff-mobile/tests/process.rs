@@ -213,16 +213,20 @@ mod otlp {
         }
     }
 
-    /// Serves a collector on `port` until the test ends.
-    pub fn start(port: u16) -> Collector {
+    /// Serves a collector on a free port until the test ends; and that port. The port is bound
+    /// before it is named, so no other test can take it in between.
+    pub fn start() -> (Collector, u16) {
         let collector = Collector::default();
         let service = TraceServiceServer::new(collector.clone());
+        let incoming = tonic::transport::server::TcpIncoming::bind(([127, 0, 0, 1], 0).into())
+            .expect("bind the collector");
+        let port = incoming.local_addr().expect("collector address").port();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve(([127, 0, 0, 1], port).into()),
+                .serve_with_incoming(incoming),
         );
-        collector
+        (collector, port)
     }
 }
 
@@ -232,8 +236,7 @@ mod otlp {
 /// process to exit.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_spans_reach_an_otlp_collector_in_the_callers_trace() {
-    let port = free_port();
-    let collector = otlp::start(port);
+    let (collector, port) = otlp::start();
     let stack = Stack::start().await;
     let config = stack.config_file(&bff_mobile::BFF, |c| {
         c.telemetry.otlp_endpoint = Some(format!("http://127.0.0.1:{port}"));
