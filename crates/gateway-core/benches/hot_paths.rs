@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::HeaderValue;
 use axum::response::IntoResponse;
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway_core::aggregate::{FanOut, Need};
+use gateway_core::aggregate::{ApiResponse, FanOut, Need};
 use gateway_core::auth::{Principal, PrincipalKind};
 use gateway_core::cache::{MemoryCache, ResponseCache};
 use gateway_core::config::{CacheConfig, PolicyConfig, RateLimitConfig};
@@ -154,7 +154,7 @@ fn aggregate(c: &mut Criterion) {
                 body.insert("user".into(), json!({"id": user["id"], "name": user["display_name"], "avatar": user["avatar_url"]}));
                 body.insert("subscription".into(), parts.take("subscription").unwrap_or(Value::Null));
                 body.insert("preferences".into(), parts.take("preferences").unwrap_or(Value::Null));
-                black_box(serde_json::to_vec(&parts.respond(body).body).expect("json"))
+                black_box(ApiResponse::from_shaped(&parts.respond(body), None).body)
             })
         })
     });

@@ -11,7 +11,8 @@
 //! links and nothing more. Per-item enrichment is one such part: the ids of one answer, fetched in
 //! one batched call. A dependent part whose source failed is `skipped`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -23,6 +24,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::GatewayError;
+use crate::telemetry;
 use crate::upstream::UpstreamError;
 
 pub mod shape;
@@ -42,7 +44,7 @@ pub enum Need {
 }
 
 /// What became of a part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// It answered.
@@ -85,18 +87,19 @@ pub struct FanOut {
     parts: Vec<(Part, Start)>,
 }
 
-/// A part's report in `_meta`.
+/// A part's report in `_meta`. Its fields are declared in the order of their keys, which is the
+/// order they are written in.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartReport {
-    /// What became of it.
-    pub outcome: Outcome,
-    /// How long it took, in milliseconds.
-    pub latency_ms: f64,
-    /// Whether the route needs it.
-    pub required: bool,
     /// Whether its fallback stood in for an answer.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fallback: bool,
+    /// How long it took, in milliseconds.
+    pub latency_ms: f64,
+    /// What became of it.
+    pub outcome: Outcome,
+    /// Whether the route needs it.
+    pub required: bool,
 }
 
 /// The answers of a fan-out: values of the parts that answered, and a report for every part.
@@ -197,8 +200,7 @@ impl FanOut {
                 Err(_) => Outcome::Error,
             };
             let name = part.name;
-            metrics::counter!("bff_upstream_parts_total", "part" => name, "outcome" => outcome_label(outcome))
-                .increment(1);
+            count_part(name, outcome);
             let mut fell_back = false;
             let value = match (result, part.need) {
                 (Ok(value), _) => Some(value),
@@ -314,6 +316,32 @@ fn required_failed(name: &'static str, err: UpstreamError) -> GatewayError {
     }
 }
 
+/// Series of `bff_upstream_parts_total` kept at most; past them (there are not as many part names
+/// in a BFF) a count registers its series each time, as if nothing were kept.
+const MAX_PART_SERIES: usize = 256;
+
+/// Counts a part's outcome in `bff_upstream_parts_total`. The series' handle is kept per part name
+/// and outcome, so a count costs a lookup under a read lock rather than a labelled key built,
+/// hashed and registered for every part of every request.
+fn count_part(name: &'static str, outcome: Outcome) {
+    type Series = HashMap<(&'static str, Outcome), metrics::Counter, foldhash::fast::RandomState>;
+    static KEPT: LazyLock<RwLock<Series>> = LazyLock::new(RwLock::default);
+    let register = || metrics::counter!("bff_upstream_parts_total", "part" => name, "outcome" => outcome_label(outcome));
+    if let Some(counter) = telemetry::read(&KEPT).get(&(name, outcome)) {
+        counter.increment(1);
+        return;
+    }
+    let counter = register();
+    counter.increment(1);
+    // Kept only once the gateway's recorder is in place: a handle taken before counts nowhere.
+    if crate::telemetry::recorder_installed() {
+        let mut kept = telemetry::write(&KEPT);
+        if kept.len() < MAX_PART_SERIES {
+            kept.entry((name, outcome)).or_insert(counter);
+        }
+    }
+}
+
 fn outcome_label(o: Outcome) -> &'static str {
     match o {
         Outcome::Ok => "ok",
@@ -332,8 +360,7 @@ impl Gathered {
             tracing::warn!(part = part.name, "required part could not start");
             return Err(GatewayError::UpstreamFailed(part.name.to_owned()));
         }
-        metrics::counter!("bff_upstream_parts_total", "part" => part.name, "outcome" => outcome_label(Outcome::Skipped))
-            .increment(1);
+        count_part(part.name, Outcome::Skipped);
         if let Some(value) = &part.fallback {
             self.values.push((part.name, value.clone()));
         }
@@ -374,24 +401,26 @@ impl Gathered {
 
     /// The `_meta` object: every part with its outcome and latency.
     pub fn meta(&self) -> Value {
-        let parts: Map<String, Value> = self
-            .reports
-            .iter()
-            .map(|(n, r)| {
-                (
-                    (*n).to_owned(),
-                    serde_json::to_value(r).unwrap_or(Value::Null),
-                )
-            })
-            .collect();
-        serde_json::json!({ "parts": parts, "complete": self.degraded().is_empty() })
+        serde_json::to_value(self.report()).unwrap_or(Value::Null)
+    }
+
+    /// What `_meta` says, kept to be written with the body.
+    fn report(&self) -> Meta {
+        let complete = self.reports.iter().all(|(_, r)| r.outcome == Outcome::Ok);
+        // In the order of their names; a name given twice keeps its last report.
+        let mut parts: Vec<_> = self.reports.iter().rev().cloned().collect();
+        parts.sort_by_key(|(name, _)| *name);
+        parts.dedup_by_key(|(name, _)| *name);
+        Meta { complete, parts }
     }
 
     /// Finishes a body: adds `_meta` and returns the answer, marked partial when parts are missing.
-    pub fn respond(&self, mut body: Map<String, Value>) -> Shaped {
-        body.insert("_meta".to_owned(), self.meta());
+    /// `_meta` is kept beside the body and written with it ([`ApiResponse::from_shaped`]), not
+    /// built as JSON values of its own.
+    pub fn respond(&self, body: Map<String, Value>) -> Shaped {
         Shaped {
             body: Value::Object(body),
+            meta: Some(self.report()),
             degraded: self.degraded(),
             // Formatted only for the access line.
             upstreams: crate::telemetry::access_lines().then(|| self.timings()),
@@ -419,11 +448,71 @@ impl Gathered {
 #[derive(Debug, Clone)]
 pub struct UpstreamTimings(pub Arc<str>);
 
+/// The `_meta` object of an answer: whether it is complete, and each part's report by name.
+#[derive(Debug, Clone, Default)]
+pub struct Meta {
+    complete: bool,
+    /// Sorted by name, each name once.
+    parts: Vec<(&'static str, PartReport)>,
+}
+
+impl Serialize for Meta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Parts<'a>(&'a [(&'static str, PartReport)]);
+        impl Serialize for Parts<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(self.0.iter().map(|(name, report)| (name, report)))
+            }
+        }
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("complete", &self.complete)?;
+        map.serialize_entry("parts", &Parts(&self.parts))?;
+        map.end()
+    }
+}
+
+/// The key `_meta` is written under.
+const META: &str = "_meta";
+
+/// A body with its `_meta`, written where the key sorts among the body's own (as the body's
+/// other keys are written), in place of any `_meta` the body has.
+struct WithMeta<'a> {
+    body: &'a Map<String, Value>,
+    meta: &'a Meta,
+}
+
+impl Serialize for WithMeta<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let own = self.body.len() - usize::from(self.body.contains_key(META));
+        let mut map = s.serialize_map(Some(own + 1))?;
+        let mut meta = Some(self.meta);
+        for (key, value) in self.body {
+            if key == META {
+                continue;
+            }
+            if key.as_str() > META
+                && let Some(meta) = meta.take()
+            {
+                map.serialize_entry(META, meta)?;
+            }
+            map.serialize_entry(key, value)?;
+        }
+        if let Some(meta) = meta {
+            map.serialize_entry(META, meta)?;
+        }
+        map.end()
+    }
+}
+
 /// A shaped answer, before it is cached and sent.
 #[derive(Debug, Clone)]
 pub struct Shaped {
     /// The JSON body.
     pub body: Value,
+    /// The `_meta` written with an object body ([`Gathered::respond`] sets it); `None` for none.
+    pub meta: Option<Meta>,
     /// Parts left out; empty for a complete answer.
     pub degraded: Vec<&'static str>,
     /// Each part's outcome and latency, for the access log.
@@ -435,6 +524,7 @@ impl Shaped {
     pub fn complete(body: Value) -> Self {
         Self {
             body,
+            meta: None,
             degraded: Vec::new(),
             upstreams: None,
         }
@@ -468,8 +558,12 @@ pub struct ApiResponse {
 impl ApiResponse {
     /// Serializes a shaped answer.
     pub fn from_shaped(shaped: &Shaped, cache: Option<CacheStatus>) -> Self {
+        let body = match (&shaped.body, &shaped.meta) {
+            (Value::Object(body), Some(meta)) => serde_json::to_vec(&WithMeta { body, meta }),
+            (body, _) => serde_json::to_vec(body),
+        };
         Self {
-            body: Bytes::from(serde_json::to_vec(&shaped.body).unwrap_or_default()),
+            body: Bytes::from(body.unwrap_or_default()),
             cache,
             degraded: shaped.degraded.clone(),
             upstreams: shaped.upstreams.clone(),
@@ -778,5 +872,60 @@ mod tests {
             .await
             .expect_err("dependent timeout");
         assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_written_as_its_body_with_meta_inserted_would_be() {
+        let g = FanOut::new()
+            .part(
+                "user",
+                Need::Required,
+                Duration::from_secs(1),
+                after(20, Ok(json!({"id": "u1"}))),
+            )
+            .part(
+                "ads",
+                Need::Optional,
+                Duration::from_secs(1),
+                after(5, Err(UpstreamError::Failed("down".into()))),
+            )
+            .or(json!([]))
+            .part(
+                "news",
+                Need::Optional,
+                Duration::from_millis(30),
+                after(100, Ok(json!(1))),
+            )
+            .run()
+            .await
+            .expect("partial");
+        // Keys before `_meta` (upper case), after it, and a `_meta` of the body's own, replaced.
+        let body = json!({"Z": 1, "_meta": "mine", "a": [true], "user": {"id": "u1"}});
+        let Value::Object(map) = body else {
+            unreachable!("an object")
+        };
+        let shaped = g.respond(map);
+        let written = ApiResponse::from_shaped(&shaped, None).body;
+        let expected = json!({
+            "Z": 1,
+            "_meta": {
+                "complete": false,
+                "parts": {
+                    "ads": {"fallback": true, "latency_ms": 5.0, "outcome": "error", "required": false},
+                    "news": {"latency_ms": 30.0, "outcome": "timeout", "required": false},
+                    "user": {"latency_ms": 20.0, "outcome": "ok", "required": true},
+                },
+            },
+            "a": [true],
+            "user": {"id": "u1"},
+        });
+        assert_eq!(
+            std::str::from_utf8(&written).expect("utf-8"),
+            serde_json::to_string(&expected).expect("json")
+        );
+        assert_eq!(g.meta(), expected["_meta"]);
+        // A body that is no object is written as it is.
+        let plain = ApiResponse::from_shaped(&Shaped::complete(json!([1, 2])), None).body;
+        assert_eq!(&plain[..], b"[1,2]");
     }
 }

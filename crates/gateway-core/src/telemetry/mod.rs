@@ -157,6 +157,15 @@ fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::S
     span
 }
 
+static RECORDER_INSTALLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the gateway's recorder is the process's: a series handle kept for good is then one
+/// that counts (one taken before would count nowhere, for ever).
+pub(crate) fn recorder_installed() -> bool {
+    RECORDER_INSTALLED.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -170,6 +179,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may exist in an embedding process; then our handle renders nothing
             // rather than failing start-up.
             if metrics::set_global_recorder(recorder).is_ok() {
+                RECORDER_INSTALLED.store(true, std::sync::atomic::Ordering::Release);
                 keep_up(handle.clone());
             }
             handle
@@ -295,12 +305,12 @@ impl RouteSeries {
 }
 
 /// A read guard; a poisoned lock still holds whole entries (each is inserted in one step).
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

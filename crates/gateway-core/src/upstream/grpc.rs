@@ -45,7 +45,7 @@ impl GrpcChannel {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The header that carries a gRPC call's budget.
-pub(crate) const TIMEOUT: &str = "grpc-timeout";
+pub(crate) static TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
     type Response = http::Response<tonic::body::Body>;
@@ -93,7 +93,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
 /// `budget` as `grpc-timeout` states it (at most eight digits and a unit): in microseconds below
 /// 100 s, in milliseconds below 27 hours, in seconds beyond; never to be indexed, as it differs on
 /// every call.
-pub(crate) fn timeout_value(budget: Duration) -> tonic::metadata::AsciiMetadataValue {
+pub(crate) fn timeout_value(budget: Duration) -> http::HeaderValue {
     const MAX: u128 = 99_999_999;
     let (n, unit) = match budget.as_micros() {
         us if us <= MAX => (us, b'u'),
@@ -113,7 +113,7 @@ pub(crate) fn timeout_value(budget: Duration) -> tonic::metadata::AsciiMetadataV
         }
     }
     let mut value =
-        tonic::metadata::MetadataValue::try_from(&text[at..]).expect("digits and a unit are ASCII");
+        http::HeaderValue::from_bytes(&text[at..]).expect("digits and a unit are ASCII");
     value.set_sensitive(true);
     value
 }
@@ -122,7 +122,7 @@ pub(crate) fn timeout_value(budget: Duration) -> tonic::metadata::AsciiMetadataV
 /// at most eight digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`). Anything else states none, and
 /// the call is bounded by its caller's deadline alone.
 fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get(TIMEOUT)?.as_bytes();
+    let value = headers.get(&TIMEOUT)?.as_bytes();
     let (&unit, digits) = value.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -289,10 +289,7 @@ mod tests {
             assert!(value.is_sensitive(), "never indexed");
             // What the gateway writes, it reads back, to the unit's precision.
             let mut headers = http::HeaderMap::new();
-            headers.insert(
-                TIMEOUT,
-                value.to_str().expect("ascii").parse().expect("value"),
-            );
+            headers.insert(TIMEOUT.clone(), value);
             let read = timeout_of(&headers).expect("a budget");
             let stated = budget.min(Duration::from_secs(99_999_999));
             assert!(

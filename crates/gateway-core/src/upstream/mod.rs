@@ -16,10 +16,9 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderValue;
 use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
-use tonic::metadata::MetadataValue;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 pub mod balance;
@@ -495,7 +494,7 @@ fn json_request(
     body: Option<&Value>,
     timeout: Duration,
 ) -> Result<http::Request<axum::body::Body>, UpstreamError> {
-    use axum::http::{HeaderName, header};
+    use axum::http::header;
     let mut req = match body {
         None => http::Request::new(axum::body::Body::empty()),
         Some(body) => {
@@ -881,16 +880,18 @@ impl CallContext {
     /// as `grpc-timeout`.
     pub fn grpc<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
         let budget = self.budget(timeout);
-        let mut req = tonic::Request::new(message);
-        let md = req.metadata_mut();
+        // Made as the HTTP/2 headers they become: static names, and the values taken as they
+        // are, where metadata keys would be parsed and the values copied for every call.
+        let mut headers = http::HeaderMap::with_capacity(6);
         for (name, value) in self.carried() {
-            if let Ok(mut v) = MetadataValue::try_from(value.as_bytes()) {
-                v.set_sensitive(value.is_sensitive());
-                md.insert(name, v);
-            }
+            headers.insert(HeaderName::from_static(name), value);
         }
-        md.insert(grpc::TIMEOUT, grpc::timeout_value(budget));
-        req
+        headers.insert(grpc::TIMEOUT.clone(), grpc::timeout_value(budget));
+        tonic::Request::from_parts(
+            tonic::metadata::MetadataMap::from_headers(headers),
+            http::Extensions::new(),
+            message,
+        )
     }
 }
 
