@@ -12,20 +12,19 @@
 pub mod compress;
 mod version;
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::middleware;
 use axum::routing::get;
 use backend_clients as backends;
 use gateway_core::aggregate::shape::{Fields, Shape};
 use gateway_core::app::App;
 use gateway_core::config::{Config, DEV_GRPC_URL, DEV_REST_URL, ProxyConfig};
 use gateway_core::{
-    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Gathered, Need, RequireScopeLayer,
-    Shaped,
+    ApiResponse, CallContext, FanOut, Gateway, GatewayError, Gathered, Need, RequestCheck,
+    RequireScopeLayer, Shaped,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -97,6 +96,8 @@ type Gw = Gateway<MobileClient>;
 /// The whole mobile router: routes, then the shared pipeline, then compression.
 pub fn app(gw: Gw) -> App {
     let minimum = version::Minimum::parse(&gw.config.client.min_client_version);
+    // Outdated apps are refused on every route but the operational ones, before any backend work.
+    let check = RequestCheck::new(move |req| version::refusal(&minimum, req));
     let api = Router::new()
         .route(
             PROFILE,
@@ -109,13 +110,8 @@ pub fn app(gw: Gw) -> App {
         .route(
             START,
             get(start).layer(RequireScopeLayer::all(&["profile:read", "feed:read"])),
-        )
-        // Refuse outdated apps before any auth or backend work.
-        .layer(middleware::from_fn_with_state(
-            Arc::new(minimum),
-            version::enforce,
-        ));
-    gw.router(api).layer(compression())
+        );
+    gw.router_with_check(api, check).layer(compression())
 }
 
 /// The mobile BFF's answer compression: gzip or brotli, as the client's `Accept-Encoding` asks,

@@ -1,15 +1,13 @@
 //! `X-Client-Version: iOS-2.3.1` (or `Android-2.3.1`): apps older than the configured minimum get
 //! 426 with a problem naming the minimum. Requests without the header pass (browsers, tools).
 
-use std::sync::Arc;
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::HeaderName;
 use axum::response::{IntoResponse, Response};
 use gateway_core::GatewayError;
 
 /// The header apps send.
-pub const CLIENT_VERSION: &str = "x-client-version";
+pub static CLIENT_VERSION: HeaderName = HeaderName::from_static("x-client-version");
 
 /// A parsed `X-Client-Version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -44,28 +42,24 @@ impl Minimum {
     }
 }
 
-/// Middleware: 400 for an unreadable version, 426 for an old one.
-pub async fn enforce(State(min): State<Arc<Minimum>>, req: Request, next: Next) -> Response {
-    if let (Some((floor, text)), Some(sent)) = (&min.0, req.headers().get(CLIENT_VERSION)) {
-        match sent.to_str().ok().and_then(ClientVersion::parse_header) {
-            None => {
-                return GatewayError::BadRequest {
-                    code: "CLIENT_VERSION_INVALID",
-                    detail: "`X-Client-Version` must look like `iOS-2.3.1` or `Android-2.3.1`."
-                        .into(),
-                }
-                .into_response();
-            }
-            Some(v) if v < *floor => {
-                return GatewayError::UpgradeRequired {
-                    minimum: text.clone(),
-                }
-                .into_response();
-            }
-            Some(_) => {}
-        }
-    }
-    next.run(req).await
+/// The answer refusing `req`, if its app is refused: 400 for an unreadable version, 426 for an
+/// old one. Run by the gateway on every API and pass-through request, after authentication and
+/// rate limits ([`gateway_core::RequestCheck`]).
+pub fn refusal(min: &Minimum, req: &Request) -> Option<Response> {
+    let (Some((floor, text)), Some(sent)) = (&min.0, req.headers().get(&CLIENT_VERSION)) else {
+        return None;
+    };
+    let refused = match sent.to_str().ok().and_then(ClientVersion::parse_header) {
+        None => GatewayError::BadRequest {
+            code: "CLIENT_VERSION_INVALID",
+            detail: "`X-Client-Version` must look like `iOS-2.3.1` or `Android-2.3.1`.".into(),
+        },
+        Some(v) if v < *floor => GatewayError::UpgradeRequired {
+            minimum: text.clone(),
+        },
+        Some(_) => return None,
+    };
+    Some(refused.into_response())
 }
 
 #[cfg(test)]

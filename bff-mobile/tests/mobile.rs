@@ -259,25 +259,49 @@ async fn home_feed_parts_run_in_parallel() {
 async fn outdated_apps_are_told_to_upgrade() {
     let (_stack, bff, token) = setup().await;
     let http = reqwest::Client::new();
-    let call = |v: &'static str| {
-        http.get(format!("{}{PROFILE}", bff.url))
+    let call = |path: &'static str, v: &'static str| {
+        http.get(format!("{}{path}", bff.url))
             .bearer_auth(&token)
             .header("x-client-version", v)
             .send()
     };
-    let res = call("iOS-1.9.9").await.expect("request");
-    assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
-    let body: Value = res.json().await.expect("json");
-    assert_eq!(body["code"], "CLIENT_VERSION_UNSUPPORTED");
-    assert_eq!(body["minimum_version"], "2.0.0");
-    assert_eq!(
-        call("Android-2.3.1").await.expect("request").status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        call("banana").await.expect("request").status(),
-        StatusCode::BAD_REQUEST
-    );
+    // The API routes and the pass-through ones alike; the refusal counts against the limits.
+    for path in [PROFILE, "/api/catalog/items/item-018"] {
+        let res = call(path, "iOS-1.9.9").await.expect("request");
+        assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED, "{path}");
+        assert!(
+            res.headers().contains_key("x-ratelimit-remaining"),
+            "{path}"
+        );
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(body["code"], "CLIENT_VERSION_UNSUPPORTED");
+        assert_eq!(body["minimum_version"], "2.0.0");
+        assert_eq!(
+            call(path, "Android-2.3.1").await.expect("request").status(),
+            StatusCode::OK,
+            "{path}"
+        );
+        assert_eq!(
+            call(path, "banana").await.expect("request").status(),
+            StatusCode::BAD_REQUEST,
+            "{path}"
+        );
+    }
+    // A client that names no version is served; the operational routes ask for none.
+    let res = http
+        .get(format!("{}{PROFILE}", bff.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = http
+        .get(format!("{}/healthz", bff.url))
+        .header("x-client-version", "iOS-1.0.0")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ use gateway_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The web BFF's own settings, under `[client]`.
@@ -114,11 +115,16 @@ pub fn app(gw: Gw) -> App {
             get(profile).layer(RequireScopeLayer::new("profile:read")),
         )
         .route(ITEM, get(item).layer(RequireScopeLayer::new("feed:read")))
+        // The stream cap only where it is used: a layer on the whole router would be a layer of
+        // its own, and an extension insert, on every route's every request.
         .route(
             EVENTS,
-            get(events::events).layer(RequireScopeLayer::new("events:read")),
-        )
-        .layer(Extension(streams));
+            get(events::events).layer(
+                ServiceBuilder::new()
+                    .layer(RequireScopeLayer::new("events:read"))
+                    .layer(Extension(streams)),
+            ),
+        );
     gw.router(api).layer(cors)
 }
 

@@ -56,5 +56,5 @@ pub use aggregate::{ApiResponse, FanOut, Gathered, Need, Outcome, Shaped};
 pub use auth::{Principal, RequireScopeLayer};
 pub use config::Config;
 pub use error::GatewayError;
-pub use server::Gateway;
+pub use server::{Gateway, RequestCheck};
 pub use upstream::{CallContext, UpstreamError};
