@@ -94,11 +94,14 @@ impl tower::Service<http::Request<tonic::body::Body>> for GrpcChannel {
 /// 100 s, in milliseconds below 27 hours, in seconds beyond; never to be indexed, as it differs on
 /// every call.
 pub(crate) fn timeout_value(budget: Duration) -> http::HeaderValue {
-    const MAX: u128 = 99_999_999;
-    let (n, unit) = match budget.as_micros() {
-        us if us <= MAX => (us, b'u'),
-        _ if budget.as_millis() <= MAX => (budget.as_millis(), b'm'),
-        _ => (u128::from(budget.as_secs()).min(MAX), b'S'),
+    const MAX: u64 = 99_999_999;
+    // In 64 bits: the digits are taken by division, which on 128 bits is a call of its own.
+    let (n, unit) = if budget.as_micros() <= u128::from(MAX) {
+        (budget.as_micros() as u64, b'u')
+    } else if budget.as_millis() <= u128::from(MAX) {
+        (budget.as_millis() as u64, b'm')
+    } else {
+        (budget.as_secs().min(MAX), b'S')
     };
     let mut text = [0u8; 9];
     let mut at = text.len() - 1;
