@@ -326,15 +326,14 @@ const MAX_PART_SERIES: usize = 256;
 fn count_part(name: &'static str, outcome: Outcome) {
     type Series = HashMap<(&'static str, Outcome), metrics::Counter, foldhash::fast::RandomState>;
     static KEPT: LazyLock<RwLock<Series>> = LazyLock::new(RwLock::default);
-    let register = || metrics::counter!("bff_upstream_parts_total", "part" => name, "outcome" => outcome_label(outcome));
     if let Some(counter) = telemetry::read(&KEPT).get(&(name, outcome)) {
         counter.increment(1);
         return;
     }
-    let counter = register();
+    let counter = metrics::counter!("bff_upstream_parts_total", "part" => name, "outcome" => outcome_label(outcome));
     counter.increment(1);
     // Kept only once the gateway's recorder is in place: a handle taken before counts nowhere.
-    if crate::telemetry::recorder_installed() {
+    if telemetry::recorder_installed() {
         let mut kept = telemetry::write(&KEPT);
         if kept.len() < MAX_PART_SERIES {
             kept.entry((name, outcome)).or_insert(counter);
@@ -927,5 +926,34 @@ mod tests {
         // A body that is no object is written as it is.
         let plain = ApiResponse::from_shaped(&Shaped::complete(json!([1, 2])), None).body;
         assert_eq!(&plain[..], b"[1,2]");
+    }
+
+    #[tokio::test]
+    async fn each_part_and_outcome_is_counted_every_time() {
+        let handle = crate::telemetry::metrics_handle();
+        let count = |outcome: &str| {
+            let series =
+                format!("bff_upstream_parts_total{{part=\"counted\",outcome=\"{outcome}\"}} ");
+            handle
+                .render()
+                .lines()
+                .find_map(|line| line.strip_prefix(&series)?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let fan = |answer: Result<Value, UpstreamError>| {
+            FanOut::new()
+                .part("counted", Need::Optional, Duration::from_secs(1), async {
+                    answer
+                })
+                .run()
+        };
+        for _ in 0..3 {
+            fan(Ok(json!(1))).await.expect("complete");
+        }
+        fan(Err(UpstreamError::Failed("down".into())))
+            .await
+            .expect("partial");
+        assert_eq!(count("ok"), 3);
+        assert_eq!(count("error"), 1);
     }
 }
