@@ -420,8 +420,9 @@ impl RequestCheck {
     }
 }
 
-/// Authentication, then rate limits, then the BFF's check, as one layer (the first two are also
-/// middleware of their own: [`auth::authenticate`], [`ratelimit::limit`]).
+/// Authentication, then rate limits, then the BFF's check, as one stage, run in the API routes'
+/// layer beneath [`Outer`] and by the pass-through routes (the first two are also middleware of
+/// their own: [`auth::authenticate`], [`ratelimit::limit`]).
 struct Guard {
     auth: Arc<Authenticator>,
     limiter: Arc<RateLimiter>,

@@ -448,7 +448,7 @@ impl Gathered {
 pub struct UpstreamTimings(pub Arc<str>);
 
 /// The `_meta` object of an answer: whether it is complete, and each part's report by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Meta {
     complete: bool,
     /// Sorted by name, each name once.
