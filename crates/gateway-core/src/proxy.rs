@@ -27,7 +27,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::ProxyConfig;
-use crate::edge::EdgeFacts;
+use crate::edge::RequestFacts;
 use crate::error::GatewayError;
 use crate::upstream::forward::BODY_TOO_LARGE;
 use crate::upstream::{CallContext, Upstream, UpstreamError, Upstreams};
@@ -151,7 +151,7 @@ pub(crate) enum MatchedRoute {
 impl MatchedRoute {
     /// The route of the request whose `extensions` these are, if it matched one.
     pub(crate) fn of(extensions: &axum::http::Extensions) -> Option<Self> {
-        match extensions.get::<RoutePattern>() {
+        match RequestFacts::of(extensions).and_then(|f| f.route.as_ref()) {
             Some(p) => Some(Self::Pass(p.clone())),
             None => extensions
                 .get::<axum::extract::MatchedPath>()
@@ -290,7 +290,7 @@ impl ProxyRoute {
             target.push('?');
             target.push_str(q);
         }
-        let client_ip = extensions.get::<EdgeFacts>().map(|f| f.client_ip.0);
+        let client_ip = RequestFacts::edge_of(&extensions).map(|f| f.client_ip.0);
         // The client's URI and header values are slices of its connection's read buffer; none
         // may outlive what the call needs, or the connection reads the next request into a new
         // buffer while this one waits for the backend (8 KB more per connection in flight).

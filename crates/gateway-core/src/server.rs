@@ -25,6 +25,7 @@ use crate::auth::jwt::JwtVerifier;
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheStore, Lookup, MemoryCache, RedisCache, ResponseCache, coalesce};
 use crate::config::{AuthMode, Config, ConfigError};
+use crate::edge::RequestFacts;
 use crate::error::GatewayError;
 use crate::idempotency::Idempotency;
 use crate::listener::Connections;
@@ -32,7 +33,7 @@ use crate::proxy::{ProxyRoute, ProxyTable};
 use crate::ratelimit::{self, RateLimitStore, RateLimiter, redis::RedisStore};
 use crate::stage::{Stage, StageLayer};
 use crate::store::Redis;
-use crate::upstream::{CallContext, Deadline, Upstreams};
+use crate::upstream::{CallContext, Upstreams};
 use crate::{edge, telemetry};
 
 /// One BFF's machinery, shared by all its handlers. Cheap to clone.
@@ -504,7 +505,7 @@ impl PassStages {
         let Some((route, pattern)) = self.table.find(req.uri().path()) else {
             return Ok(GatewayError::NotFound("such route".into()).into_response());
         };
-        req.extensions_mut().insert(pattern.clone());
+        RequestFacts::of_mut(req.extensions_mut()).route = Some(pattern.clone());
         let res = self
             .outer
             .run(req, |req| {
@@ -572,8 +573,7 @@ where
             GatewayError::PayloadTooLarge.into_response(),
         ));
     }
-    req.extensions_mut()
-        .insert(Deadline(Instant::now() + b.timeout));
+    RequestFacts::of_mut(req.extensions_mut()).deadline = Some(Instant::now() + b.timeout);
     if !axum::body::HttpBody::is_end_stream(req.body()) {
         let body = std::mem::take(req.body_mut());
         *req.body_mut() = idle_bounded(body, b.body_idle);

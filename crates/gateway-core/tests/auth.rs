@@ -113,6 +113,24 @@ async fn every_algorithm_verifies_through_a_jwks() {
     );
 }
 
+/// What the pipeline learns of a request (its id and client, the principal, the deadline) goes
+/// with it as one value: one box a request, where a value a stage would be one each, and a
+/// table that does not grow.
+#[tokio::test]
+async fn the_pipelines_facts_travel_as_one_extension() {
+    let key = TestKey::generate(Algorithm::ES256, "key-1");
+    let jwks = JwksServer::start().await;
+    jwks.publish(&[&key]);
+    let gw = TestGateway::start(vec![jwks_issuer(ISSUER, &jwks.url(), 30)], |_| {}).await;
+    let seen = gw
+        .call(&key.sign(&claims(ISSUER, AUDIENCE, "user-1")))
+        .await;
+    assert_ok(&seen, "user-1", "ES256");
+    // The peer's address, axum's four (the original URI, the matched route, the path's
+    // parameters, the body limit), and the gateway's facts: nothing else of the gateway's.
+    assert_eq!(seen.json()["extensions"], 6, "{}", seen.body);
+}
+
 #[tokio::test]
 async fn every_algorithm_verifies_with_a_pem_key() {
     let keys = ALGORITHMS.map(|a| TestKey::generate(a, "unused"));

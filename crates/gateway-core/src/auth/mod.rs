@@ -1,8 +1,8 @@
 //! Authentication (who is calling) and authorisation (may they call this route).
 //!
 //! [`authenticate`] runs once per request, before rate limiting so limits apply per subject, and puts
-//! the [`Principal`] into the request's extensions. Routes then declare the scopes they need with
-//! [`RequireScopeLayer`].
+//! the [`Principal`] into the request's [`RequestFacts`], where handlers take it as an extractor.
+//! Routes then declare the scopes they need with [`RequireScopeLayer`].
 
 pub mod apikey;
 pub mod jwt;
@@ -18,6 +18,7 @@ use futures::future::{Either, Ready, ready};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
+use crate::edge::RequestFacts;
 use crate::error::{AuthFailure, GatewayError};
 use apikey::{ApiKeyStore, KeyHash, MAX_KEY_BYTES};
 use jwt::JwtVerifier;
@@ -39,6 +40,21 @@ pub struct Principal {
     /// The identity headers a backend is sent, made on first use and shared by every clone: the
     /// verified-token cache hands each request a clone of the same principal.
     identity: Arc<OnceLock<Vec<(&'static str, HeaderValue)>>>,
+}
+
+/// The caller, for a handler behind authentication; 401 `UNAUTHENTICATED` where nobody
+/// authenticated (a route the gateway's pipeline does not cover).
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        RequestFacts::of(&parts.extensions)
+            .and_then(|f| f.principal.clone())
+            .ok_or(GatewayError::Unauthenticated(AuthFailure::Missing))
+    }
 }
 
 /// The kind of credential a principal presented.
@@ -210,12 +226,12 @@ where
             // The access line, written outside this layer, names the subject; without access
             // lines the principal goes with the request only.
             if crate::telemetry::access_lines() {
-                req.extensions_mut().insert(principal.clone());
+                RequestFacts::of_mut(req.extensions_mut()).principal = Some(principal.clone());
                 let mut res = next(req).await;
                 res.extensions_mut().insert(principal);
                 res
             } else {
-                req.extensions_mut().insert(principal);
+                RequestFacts::of_mut(req.extensions_mut()).principal = Some(principal);
                 next(req).await
             }
         }
@@ -273,7 +289,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let principal = req.extensions().get::<Principal>();
+        let principal = RequestFacts::of(req.extensions()).and_then(|f| f.principal.as_ref());
         let missing = self
             .scopes
             .iter()

@@ -31,8 +31,41 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
 /// Longest client-sent request id we keep; anything longer (or not visible ASCII) is replaced.
 const MAX_REQUEST_ID: usize = 128;
 
-/// What the edge established about a request, as one request extension (one insert and one
-/// lookup a request, rather than one per fact): its id, its trace context, the client's address.
+/// What the pipeline established about a request, as one request extension: each stage fills in
+/// its part of the one value, where a value of its own would cost the request a box, and the
+/// extensions' table a growth, apiece. Read it with [`RequestFacts::of`]; handlers get the
+/// principal with the [`Principal`](crate::auth::Principal) extractor, and what calls need with
+/// [`CallContext`](crate::upstream::CallContext).
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// What the edge established ([`screened`]); `None` where the edge did not run.
+    pub edge: Option<EdgeFacts>,
+    /// Who is calling, once authentication passed.
+    pub principal: Option<crate::auth::Principal>,
+    /// When the request must be answered by (`server.request_timeout_ms`), once the bounds ran.
+    pub deadline: Option<std::time::Instant>,
+    /// The pass-through route the request matched.
+    pub(crate) route: Option<crate::proxy::RoutePattern>,
+}
+
+impl RequestFacts {
+    /// The facts in a request's `extensions`, if any stage left some.
+    pub fn of(extensions: &axum::http::Extensions) -> Option<&Self> {
+        extensions.get()
+    }
+
+    /// The facts in a request's `extensions`, put there empty if none are yet.
+    pub fn of_mut(extensions: &mut axum::http::Extensions) -> &mut Self {
+        extensions.get_or_insert_default()
+    }
+
+    /// What the edge established about the request whose `extensions` these are.
+    pub fn edge_of(extensions: &axum::http::Extensions) -> Option<&EdgeFacts> {
+        Self::of(extensions).and_then(|f| f.edge.as_ref())
+    }
+}
+
+/// What the edge established about a request: its id, its trace context, the client's address.
 #[derive(Debug, Clone)]
 pub struct EdgeFacts {
     /// The request's id.
@@ -325,7 +358,7 @@ where
     let headers = req.headers_mut();
     remove_where(headers, |name| IDENTITY_HEADERS.contains(&name));
     headers.insert(REQUEST_ID.clone(), id.clone());
-    req.extensions_mut().insert(EdgeFacts {
+    RequestFacts::of_mut(req.extensions_mut()).edge = Some(EdgeFacts {
         request_id: RequestId(id.clone()),
         trace,
         client_ip: ClientIp(client),
@@ -422,9 +455,7 @@ mod tests {
         req.headers_mut().insert(&REQUEST_ID, sent);
         let sent_at = buffer.as_ptr();
         let res = screened(&Edge::default(), req, |req| async move {
-            let id = &req
-                .extensions()
-                .get::<EdgeFacts>()
+            let id = &RequestFacts::edge_of(req.extensions())
                 .expect("facts")
                 .request_id;
             assert_eq!(id.0, "client-chosen-id-42");

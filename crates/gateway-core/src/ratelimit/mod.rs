@@ -24,10 +24,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::Principal;
 pub use crate::config::Algorithm;
 use crate::config::{FailureMode, LimitKey, RateLimitConfig};
-use crate::edge::EdgeFacts;
+use crate::edge::RequestFacts;
 use crate::error::GatewayError;
 use crate::store::StoreError;
 use crate::upstream::Upstream;
@@ -401,7 +400,8 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let principal = req.extensions().get::<Principal>();
+    let facts = RequestFacts::of(req.extensions());
+    let principal = facts.and_then(|f| f.principal.as_ref());
     let matched = crate::proxy::MatchedRoute::of(req.extensions());
     let route = matched.as_ref().map(crate::proxy::MatchedRoute::as_str);
     let policy = limiter
@@ -419,8 +419,8 @@ where
         (LimitKey::Subject, Some(p)) => subject.push_str(&p.subject),
         _ => {
             subject.push_str("ip:");
-            if let Some(facts) = req.extensions().get::<EdgeFacts>() {
-                crate::edge::push_ip(&mut subject, facts.client_ip.0);
+            if let Some(edge) = facts.and_then(|f| f.edge.as_ref()) {
+                crate::edge::push_ip(&mut subject, edge.client_ip.0);
             }
         }
     }

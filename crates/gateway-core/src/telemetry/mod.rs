@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::auth::Principal;
 use crate::config::{LogFormat, TelemetryConfig};
-use crate::edge::EdgeFacts;
+use crate::edge::RequestFacts;
 use crate::error::ErrorCode;
 use crate::proxy::MatchedRoute;
 use crate::upstream::split::Variants;
@@ -113,7 +113,7 @@ fn tracing_exported() -> bool {
 }
 
 /// The server span of one request, continuing the caller's trace; the request's trace context
-/// ([`EdgeFacts`]) then names this span, so every backend call's `traceparent` points at it.
+/// ([`crate::edge::EdgeFacts`]) then names this span, so every backend call's `traceparent` points at it.
 fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::Span {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
@@ -128,7 +128,7 @@ fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::S
         http.response.status_code = tracing::field::Empty,
         bff,
     );
-    let Some(trace) = req.extensions().get::<EdgeFacts>().map(|f| f.trace) else {
+    let Some(trace) = RequestFacts::edge_of(req.extensions()).map(|f| f.trace) else {
         return span;
     };
     if let Some(parent) = trace.parent_id {
@@ -143,7 +143,10 @@ fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::S
     }
     let context = span.context();
     let own = context.span().span_context().clone();
-    if let Some(facts) = req.extensions_mut().get_mut::<EdgeFacts>()
+    if let Some(facts) = req
+        .extensions_mut()
+        .get_mut::<RequestFacts>()
+        .and_then(|f| f.edge.as_mut())
         && own.is_valid()
     {
         facts.trace = crate::edge::TraceContext {
@@ -345,9 +348,7 @@ where
         (
             req.method().clone(),
             req.uri().path().to_owned(),
-            req.extensions()
-                .get::<EdgeFacts>()
-                .map(|f| f.request_id.clone()),
+            RequestFacts::edge_of(req.extensions()).map(|f| f.request_id.clone()),
         )
     });
     let (call, span) = if tracing_exported() {
@@ -461,7 +462,7 @@ mod tests {
                 }),
             )
             .layer(middleware::from_fn(move |mut req: Request, next: Next| {
-                req.extensions_mut().insert(principal.clone());
+                RequestFacts::of_mut(req.extensions_mut()).principal = Some(principal.clone());
                 next.run(req)
             }))
             .layer(middleware::from_fn_with_state(

@@ -33,7 +33,7 @@ pub mod split;
 use crate::auth::Principal;
 use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
-use crate::edge::{EdgeFacts, RequestId, TraceContext};
+use crate::edge::{RequestFacts, RequestId, TraceContext};
 use crate::error::GatewayError;
 use balance::{Balance, Dial, Instance, InstanceSet};
 use breaker::{Breaker, BreakerSettings, BreakerState};
@@ -789,10 +789,6 @@ pub struct CallContext {
     variants: Option<Variants>,
 }
 
-/// The request-wide deadline, set by the server from `server.request_timeout_ms`.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
-
 impl<S: Send + Sync> FromRequestParts<S> for CallContext {
     type Rejection = GatewayError;
 
@@ -804,12 +800,13 @@ impl<S: Send + Sync> FromRequestParts<S> for CallContext {
 impl CallContext {
     /// The context the pipeline left in a request's `extensions`.
     pub fn of(extensions: &axum::http::Extensions) -> Self {
-        let facts = extensions.get::<EdgeFacts>();
+        let facts = RequestFacts::of(extensions);
+        let edge = facts.and_then(|f| f.edge.as_ref());
         Self {
-            principal: extensions.get::<Principal>().cloned(),
-            request_id: facts.map(|f| f.request_id.clone()),
-            trace: facts.map(|f| f.trace),
-            deadline: extensions.get::<Deadline>().map(|d| d.0),
+            principal: facts.and_then(|f| f.principal.clone()),
+            request_id: edge.map(|f| f.request_id.clone()),
+            trace: edge.map(|f| f.trace),
+            deadline: facts.and_then(|f| f.deadline),
             variants: extensions.get::<Variants>().cloned(),
         }
     }

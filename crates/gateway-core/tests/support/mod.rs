@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use gateway_core::auth::PrincipalKind;
 use gateway_core::config::{Config, IssuerConfig, PolicyConfig};
 use gateway_core::{Gateway, Principal};
@@ -262,12 +262,14 @@ impl TestGateway {
     }
 }
 
-async fn whoami(Extension(p): Extension<Principal>) -> Json<Value> {
+/// The principal as the handler got it, and how many values the request's extensions hold.
+async fn whoami(p: Principal, extensions: axum::http::Extensions) -> Json<Value> {
     let version = match &p.kind {
         PrincipalKind::User => None,
         PrincipalKind::Partner { version } => Some(version.as_deref().unwrap_or("")),
     };
     Json(json!({
         "sub": &*p.subject, "scopes": &*p.scopes, "tier": p.tier.as_deref(), "partner_version": version,
+        "extensions": extensions.len(),
     }))
 }
