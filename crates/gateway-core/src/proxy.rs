@@ -27,7 +27,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::ProxyConfig;
-use crate::edge::RequestFacts;
+use crate::edge::{RequestFacts, X_FORWARDED_FOR};
 use crate::error::GatewayError;
 use crate::upstream::forward::BODY_TOO_LARGE;
 use crate::upstream::{CallContext, Upstream, UpstreamError, Upstreams};
@@ -45,7 +45,6 @@ pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Whether [`strip_request_headers`] removes `name` (lowercase, as `HeaderName` holds it): the
 /// [`HOP_BY_HOP`] headers; the client's credentials (the backend learns who is calling from the
@@ -300,8 +299,7 @@ impl ProxyRoute {
         let started = crate::telemetry::access_lines().then(std::time::Instant::now);
         strip_request_headers(&mut headers);
         for (name, value) in ctx.headers(timeout) {
-            // A static name costs no allocation; a `&str` key would be copied.
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name, value);
         }
         if let Some(ip) = client_ip {
             let mut text = String::with_capacity(39);

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready, ready};
@@ -22,6 +22,15 @@ use crate::edge::RequestFacts;
 use crate::error::{AuthFailure, GatewayError};
 use apikey::{ApiKeyStore, KeyHash, MAX_KEY_BYTES};
 use jwt::JwtVerifier;
+
+/// `X-User-Id`: the user a backend is called for.
+static X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+/// `X-Partner-Id`: the partner a backend is called for.
+static X_PARTNER_ID: HeaderName = HeaderName::from_static("x-partner-id");
+/// `X-User-Scopes`: the caller's scopes, space-separated.
+static X_USER_SCOPES: HeaderName = HeaderName::from_static("x-user-scopes");
+/// `X-User-Tier`: the caller's rate-limit tier.
+static X_USER_TIER: HeaderName = HeaderName::from_static("x-user-tier");
 
 /// The header partners may use instead of `Authorization: Bearer`.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -39,7 +48,7 @@ pub struct Principal {
     pub kind: PrincipalKind,
     /// The identity headers a backend is sent, made on first use and shared by every clone: the
     /// verified-token cache hands each request a clone of the same principal.
-    identity: Arc<OnceLock<Vec<(&'static str, HeaderValue)>>>,
+    identity: Arc<OnceLock<Vec<(HeaderName, HeaderValue)>>>,
 }
 
 /// The caller, for a handler behind authentication; 401 `UNAUTHENTICATED` where nobody
@@ -88,21 +97,24 @@ impl Principal {
 
     /// Who is calling, as the headers a backend is sent: `x-user-id` (or `x-partner-id`),
     /// `x-user-scopes` when there are scopes, `x-user-tier` when there is a tier. A value that
-    /// is no valid header value is left out.
-    pub fn identity_headers(&self) -> &[(&'static str, HeaderValue)] {
+    /// is no valid header value is left out. The names are the gateway's own statics, so each
+    /// call clones them for nothing where a name made from text would be checked every time.
+    pub fn identity_headers(&self) -> &[(HeaderName, HeaderValue)] {
         self.identity.get_or_init(|| {
             let id = match self.kind {
-                PrincipalKind::User => "x-user-id",
-                PrincipalKind::Partner { .. } => "x-partner-id",
+                PrincipalKind::User => &X_USER_ID,
+                PrincipalKind::Partner { .. } => &X_PARTNER_ID,
             };
             let scopes = (!self.scopes.is_empty()).then(|| self.scopes.join(" "));
             [
                 (id, Some(&*self.subject)),
-                ("x-user-scopes", scopes.as_deref()),
-                ("x-user-tier", self.tier.as_deref()),
+                (&X_USER_SCOPES, scopes.as_deref()),
+                (&X_USER_TIER, self.tier.as_deref()),
             ]
             .into_iter()
-            .filter_map(|(name, value)| Some((name, HeaderValue::from_str(value?).ok()?)))
+            .filter_map(|(name, value)| {
+                Some((name.clone(), HeaderValue::from_str(value?).ok()?))
+            })
             .collect()
         })
     }

@@ -17,6 +17,8 @@ use rand::RngCore;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C `traceparent`.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers through which the gateway tells backends who is calling. A client that sends them is
 /// trying to impersonate someone: they are removed on the way in, always.
@@ -351,7 +353,7 @@ where
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let forwarded = req
         .headers()
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok());
     let client = proxies::client_ip(peer, forwarded, &edge.trusted_proxies);

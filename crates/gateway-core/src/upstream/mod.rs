@@ -33,7 +33,7 @@ pub mod split;
 use crate::auth::Principal;
 use crate::cache::coalesce::{Coalescer, Role};
 use crate::config::{ConfigError, PRIMARY_VARIANT, UpstreamConfig};
-use crate::edge::{RequestFacts, RequestId, TraceContext};
+use crate::edge::{REQUEST_ID, RequestFacts, RequestId, TRACEPARENT, TraceContext};
 use crate::error::GatewayError;
 use balance::{Balance, Dial, Instance, InstanceSet};
 use breaker::{Breaker, BreakerSettings, BreakerState};
@@ -47,6 +47,8 @@ const MAX_UPSTREAM_BODY: usize = 8 * 1024 * 1024;
 const RETRY_BASE: Duration = Duration::from_millis(10);
 /// Header carrying the remaining request budget to REST backends, in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-request-deadline-ms";
+/// [`DEADLINE_HEADER`] as the name a request's headers take.
+static DEADLINE: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
 
 /// The HTTP version of an upstream's REST and pass-through calls (`[upstreams.NAME] protocol`).
 /// gRPC calls are HTTP/2 whatever this says.
@@ -469,7 +471,7 @@ impl Upstream {
         .header(axum::http::header::ACCEPT, "application/json")
         .timeout(timeout);
         for (name, value) in ctx.headers(timeout) {
-            req = req.header(axum::http::HeaderName::from_static(name), value);
+            req = req.header(name, value);
         }
         let client_failure = |e: reqwest::Error, what: &str| {
             if e.is_timeout() {
@@ -516,7 +518,7 @@ fn json_request(
         headers.insert(header::HOST, host.clone());
     }
     for (name, value) in ctx.headers(timeout) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
     Ok(req)
 }
@@ -846,30 +848,31 @@ impl CallContext {
     pub(crate) fn headers(
         &self,
         timeout: Duration,
-    ) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+    ) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
         self.carried().chain(std::iter::once_with(move || {
             (
-                DEADLINE_HEADER,
+                DEADLINE.clone(),
                 unique(HeaderValue::from(timeout.as_millis() as u64)),
             )
         }))
     }
 
     /// What every call carries, HTTP or gRPC: the identity headers, the request id and
-    /// `traceparent` (the deadline is said differently by each).
-    fn carried(&self) -> impl Iterator<Item = (&'static str, HeaderValue)> + '_ {
+    /// `traceparent` (the deadline is said differently by each). The names are the gateway's own
+    /// statics: cloned for nothing, where a name made from text is checked byte by byte.
+    fn carried(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
         let identity = self.principal.iter().flat_map(|p| p.identity_headers());
         identity
             .cloned()
             .chain(
                 self.request_id
                     .as_ref()
-                    .map(|id| ("x-request-id", unique(id.0.clone()))),
+                    .map(|id| (REQUEST_ID.clone(), unique(id.0.clone()))),
             )
             .chain(
                 self.trace
                     .as_ref()
-                    .map(|trace| ("traceparent", unique(trace.child_header_value()))),
+                    .map(|trace| (TRACEPARENT.clone(), unique(trace.child_header_value()))),
             )
     }
 
@@ -881,7 +884,7 @@ impl CallContext {
         // are, where metadata keys would be parsed and the values copied for every call.
         let mut headers = http::HeaderMap::with_capacity(6);
         for (name, value) in self.carried() {
-            headers.insert(HeaderName::from_static(name), value);
+            headers.insert(name, value);
         }
         headers.insert(grpc::TIMEOUT.clone(), grpc::timeout_value(budget));
         tonic::Request::from_parts(
