@@ -702,7 +702,9 @@ fn rest_client(protocol: Protocol, max_idle: usize) -> Result<reqwest::Client, C
 
 /// Every upstream of one BFF, by name.
 pub struct Upstreams {
-    by_name: HashMap<String, Arc<Upstream>>,
+    /// By the names the configuration gives them, which no client chooses: foldhash, not
+    /// SipHash, for the lookups every call makes.
+    by_name: HashMap<String, Arc<Upstream>, foldhash::fast::RandomState>,
 }
 
 impl Upstreams {
