@@ -19,6 +19,8 @@
 #   H2           1 (default): add a second gateway, the same but for `protocol = "http2"` to the
 #                backend (nginx, cleartext HTTP/2), to the throughput and memory runs; 0: leave it out
 #   SKIP_BUILD   1: use the release binaries already built
+#   GATEWAY_BIN  the gateway binary to measure (default: target/release/bff-mobile), such as an
+#                earlier build kept aside, to run the suite on it in the same hour
 #   OUT          also write the report (markdown) to this file
 #
 # Needs: cargo, python3, taskset, nginx and wrk (installed with apt-get when missing and run as root), and
@@ -81,7 +83,7 @@ if [ "$SKIP_BUILD" != 1 ]; then
   fi
   nice -n 10 cargo build --release -q -p bff-mobile -p demo-backends
 fi
-GATEWAY_BIN=$ROOT/target/release/bff-mobile
+GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/bff-mobile}
 DEMO_BIN=$ROOT/target/release/demo-backends
 ALT_BIN=$ROOT/target/bench/bff-mobile-$ALLOCATOR
 if [ ! -x "$GATEWAY_BIN" ] || [ ! -x "$DEMO_BIN" ]; then die "release binaries missing (run without SKIP_BUILD=1)"; fi

@@ -45,7 +45,6 @@ pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-
 /// Whether [`strip_request_headers`] removes `name` (lowercase, as `HeaderName` holds it): the
 /// [`HOP_BY_HOP`] headers; the client's credentials (the backend learns who is calling from the
 /// identity headers instead) and what only the gateway may say about the request (forwarding,

@@ -112,9 +112,7 @@ impl Principal {
                 (&X_USER_TIER, self.tier.as_deref()),
             ]
             .into_iter()
-            .filter_map(|(name, value)| {
-                Some((name.clone(), HeaderValue::from_str(value?).ok()?))
-            })
+            .filter_map(|(name, value)| Some((name.clone(), HeaderValue::from_str(value?).ok()?)))
             .collect()
         })
     }
