@@ -113,7 +113,8 @@ fn tracing_exported() -> bool {
 }
 
 /// The server span of one request, continuing the caller's trace; the request's trace context
-/// ([`crate::edge::EdgeFacts`]) then names this span, so every backend call's `traceparent` points at it.
+/// ([`crate::edge::EdgeFacts`]) then names this span, so every backend call's `traceparent`
+/// points at it.
 fn request_span(req: &mut Request, route: &str, bff: &'static str) -> tracing::Span {
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
