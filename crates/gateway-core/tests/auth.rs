@@ -114,8 +114,8 @@ async fn every_algorithm_verifies_through_a_jwks() {
 }
 
 /// What the pipeline learns of a request (its id and client, the principal, the deadline) goes
-/// with it as one value: one box a request, where a value a stage would be one each, and a
-/// table that does not grow.
+/// with it as one value: one box a request, where a value per stage would cost a box each, and
+/// a table that does not grow.
 #[tokio::test]
 async fn the_pipelines_facts_travel_as_one_extension() {
     let key = TestKey::generate(Algorithm::ES256, "key-1");
