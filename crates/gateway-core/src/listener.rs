@@ -14,23 +14,26 @@
 //! Graceful shutdown: stop accepting, let each connection finish its in-flight requests, close
 //! what is left after the grace period.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
+use tower::util::Oneshot;
 
 use crate::app::App;
 use crate::config::{ConfigError, ServerConfig, TlsConfig};
@@ -154,7 +157,7 @@ pub async fn serve(
     on_drain: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
     let app: App = app.into();
-    let builder = conns.builder();
+    let builder = Arc::new(conns.builder());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(conns.max_connections));
     tokio::pin!(shutdown);
@@ -167,40 +170,21 @@ pub async fn serve(
         let Some((slot, tcp, peer)) = accepted else {
             continue;
         };
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(req.map(Body::new))
-        });
-        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), conns.tls.clone());
-        let handshake = conns.header_read_timeout;
-        tokio::spawn(async move {
-            let _slot = slot;
-            let served = match tls {
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(tls) => match tokio::time::timeout(handshake, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-            };
-            if let Err(err) = served {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
-            }
-        });
+        let conn = Connection {
+            builder: builder.clone(),
+            service: PeerService {
+                app: app.clone(),
+                peer,
+            },
+            watcher: graceful.watcher(),
+            _slot: slot,
+        };
+        // Each transport's task is sized for its own state: a plain connection's does not carry
+        // a TLS session's room.
+        match &conns.tls {
+            None => tokio::spawn(conn.serve(TokioIo::new(tcp))),
+            Some(tls) => tokio::spawn(conn.serve_tls(tls.clone(), tcp, conns.header_read_timeout)),
+        };
     }
     drop(listener);
     on_drain();
@@ -216,16 +200,68 @@ pub async fn serve(
     Ok(())
 }
 
+/// One accepted connection and what serving it needs.
+struct Connection {
+    /// Shared by every connection; each borrows it for as long as it is served.
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: PeerService,
+    watcher: Watcher,
+    /// The connection's place under `server.max_connections`, given back when it closes.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or HTTP/2 (by its preface) on `io` until the client closes it or the
+    /// shutdown's grace period ends.
+    async fn serve<I>(self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let peer = self.service.peer;
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(io, self.service);
+        if let Err(err) = self.watcher.watch(conn).await {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
+        }
+    }
+
+    /// The TLS handshake, within `handshake`, then [`Connection::serve`] on the session.
+    async fn serve_tls(self, tls: TlsAcceptor, tcp: TcpStream, handshake: Duration) {
+        let peer = self.service.peer;
+        match tokio::time::timeout(handshake, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => self.serve(TokioIo::new(stream)).await,
+            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+}
+
+/// The application as one connection's requests see it: each request learns the peer's address
+/// (axum's [`ConnectInfo`]) and goes through its own clone of the application.
+#[derive(Clone)]
+struct PeerService {
+    app: App,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Oneshot<App, Request>;
+
+    fn call(&self, mut req: hyper::Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        self.app.clone().oneshot(req.map(Body::new))
+    }
+}
+
 /// The next connection, once a slot is free. `None` after a failed accept (a client that reset
 /// before being accepted, or no file descriptors left: then a short pause, not a busy loop).
 async fn accept(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
-) -> Option<(
-    tokio::sync::OwnedSemaphorePermit,
-    tokio::net::TcpStream,
-    SocketAddr,
-)> {
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
     let slot = slots.clone().acquire_owned().await.ok()?;
     match listener.accept().await {
         Ok((tcp, peer)) => {
