@@ -309,3 +309,57 @@ fn unreadable_tls_files_are_named_at_start_up() {
     let err = cfg.validate().expect_err("missing files");
     assert!(err.0.contains("server.tls.cert_file"), "{}", err.0);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_begins_a_request_is_closed() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.header_read_timeout_ms = 300;
+    })
+    .await;
+    // Nothing at all, and the beginning of HTTP/2's preface: neither shows a protocol, and
+    // neither may hold its place under the connection cap for as long as the client likes.
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+        conn.write_all(opening).await.expect("write");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "{}: still open after {WAIT:?}",
+            String::from_utf8_lossy(opening)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_protocols_opening_may_arrive_in_pieces() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |_| {}).await;
+    let pause = Duration::from_millis(50);
+
+    // HTTP/1.1, its first byte alone.
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    conn.write_all(b"G").await.expect("write");
+    tokio::time::sleep(pause).await;
+    conn.write_all(b"ET /healthz HTTP/1.1\r\nHost: bff\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_for(&mut conn, WAIT).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+
+    // HTTP/2 with prior knowledge, its preface in two writes, then an empty SETTINGS frame: the
+    // server answers with a SETTINGS frame of its own (type 4, the frame header's fourth byte).
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    conn.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    tokio::time::sleep(pause).await;
+    conn.write_all(b"\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(WAIT, conn.read_exact(&mut frame))
+        .await
+        .expect("an answer in time")
+        .expect("a frame header");
+    assert_eq!(frame[3], 4, "a SETTINGS frame: {frame:?}");
+}

@@ -1,8 +1,10 @@
 //! The listener: accepting connections, TLS, and the bounds every connection lives under, built on
-//! hyper-util's HTTP/1.1 and HTTP/2 server as Envoy's edge-hardening guide asks.
+//! hyper's HTTP/1.1 and HTTP/2 servers as Envoy's edge-hardening guide asks.
 //!
 //! - A request head must arrive within `server.header_read_timeout_ms` (slow-header attacks) and
-//!   fit in `server.max_header_bytes` and `server.max_headers` (431 beyond).
+//!   fit in `server.max_header_bytes` and `server.max_headers` (431 beyond). A new connection
+//!   must show within that time which protocol it speaks (HTTP/2's preface, or anything else for
+//!   HTTP/1.1); one that sends nothing is closed, not left holding its place.
 //! - At most `server.max_connections` connections are served at once; further ones wait in the
 //!   kernel's backlog instead of costing memory.
 //! - HTTP/2: `server.http2_max_concurrent_streams` per connection, a bounded header list, and
@@ -16,21 +18,24 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::ops::DerefMut;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tower::util::Oneshot;
@@ -87,14 +92,15 @@ impl Connections {
         defaults
     }
 
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
+    fn protocols(&self) -> Protocols {
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             .max_buf_size(self.max_header_bytes)
             .max_headers(self.max_headers);
-        b.http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.http2_max_streams)
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
@@ -102,8 +108,20 @@ impl Connections {
             .max_local_error_reset_streams(MAX_LOCAL_RESETS)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
-        b
+        Protocols {
+            http1,
+            http2,
+            opening: self.header_read_timeout,
+        }
     }
+}
+
+/// The HTTP/1.1 and HTTP/2 servers' settings, shared by every connection.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// How long a new connection (and a TLS handshake) may take to show which protocol it speaks.
+    opening: Duration,
 }
 
 /// A TLS acceptor for `[server.tls]`: rustls on aws-lc-rs, TLS 1.2 and 1.3, ALPN `h2` then
@@ -157,8 +175,8 @@ pub async fn serve(
     on_drain: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
     let app: App = app.into();
-    let builder = Arc::new(conns.builder());
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(conns.protocols());
+    let (drain, draining) = watch::channel(());
     let slots = Arc::new(Semaphore::new(conns.max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -171,24 +189,27 @@ pub async fn serve(
             continue;
         };
         let conn = Connection {
-            builder: builder.clone(),
+            protocols: protocols.clone(),
             service: PeerService {
                 app: app.clone(),
                 peer,
             },
-            watcher: graceful.watcher(),
+            draining: draining.clone(),
             _slot: slot,
         };
         // Each transport's task is sized for its own state: a plain connection's does not carry
         // a TLS session's room.
         match &conns.tls {
-            None => tokio::spawn(conn.serve(TokioIo::new(tcp))),
-            Some(tls) => tokio::spawn(conn.serve_tls(tls.clone(), tcp, conns.header_read_timeout)),
+            None => tokio::spawn(conn.serve(tcp)),
+            Some(tls) => tokio::spawn(conn.serve_tls(tls.clone(), tcp)),
         };
     }
     drop(listener);
     on_drain();
-    if tokio::time::timeout(conns.grace, graceful.shutdown())
+    drop(draining);
+    // Every connection holds a receiver until it closes: tell them, then wait for the last.
+    let _ = drain.send(());
+    if tokio::time::timeout(conns.grace, drain.closed())
         .await
         .is_err()
     {
@@ -203,37 +224,210 @@ pub async fn serve(
 /// One accepted connection and what serving it needs.
 struct Connection {
     /// Shared by every connection; each borrows it for as long as it is served.
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     service: PeerService,
-    watcher: Watcher,
+    /// Changes, or closes, when the server begins to drain.
+    draining: watch::Receiver<()>,
     /// The connection's place under `server.max_connections`, given back when it closes.
     _slot: OwnedSemaphorePermit,
 }
 
 impl Connection {
-    /// Serves HTTP/1.1 or HTTP/2 (by its preface) on `io` until the client closes it or the
-    /// shutdown's grace period ends.
-    async fn serve<I>(self, io: I)
+    /// Serves HTTP/2 (when `io` opens with its preface) or HTTP/1.1 on `io` until the client
+    /// closes it or the server's draining ends it. A connection that has not shown which within
+    /// the header timeout is closed: it would otherwise hold its place under
+    /// `server.max_connections` for as long as the client liked.
+    async fn serve<I>(mut self, mut io: I)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.service.peer;
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(io, self.service);
-        if let Err(err) = self.watcher.watch(conn).await {
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(self.protocols.opening, Opening::read(&mut io)) => opened,
+            _ = self.draining.changed() => return,
+        };
+        let opening = match opened {
+            Ok(Ok(Some(opening))) => opening,
+            Ok(Ok(None)) => return,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no request began within the header timeout");
+                return;
+            }
+        };
+        let http2 = opening.is_http2_preface();
+        let io = TokioIo::new(Rewind { opening, io });
+        let protocols = &self.protocols;
+        // Each connection is made where it is pinned and driven, not handed to a function that
+        // drives it: an `async fn` would hold it twice, its argument and its pinned copy.
+        let served = if http2 {
+            // Boxed: HTTP/2's state is twice HTTP/1.1's, and most connections never need it.
+            let conn = Box::pin(protocols.http2.serve_connection(io, self.service));
+            until_drained(conn, &mut self.draining).await
+        } else {
+            let conn = protocols.http1.serve_connection(io, self.service);
+            until_drained(pin!(conn.with_upgrades()), &mut self.draining).await
+        };
+        if let Err(err) = served {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
         }
     }
 
-    /// The TLS handshake, within `handshake`, then [`Connection::serve`] on the session.
-    async fn serve_tls(self, tls: TlsAcceptor, tcp: TcpStream, handshake: Duration) {
+    /// The TLS handshake, within the header timeout, then [`Connection::serve`] on the session.
+    async fn serve_tls(mut self, tls: TlsAcceptor, tcp: TcpStream) {
         let peer = self.service.peer;
-        match tokio::time::timeout(handshake, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => self.serve(TokioIo::new(stream)).await,
+        let handshake = tokio::time::timeout(self.protocols.opening, tls.accept(tcp));
+        let shaken = tokio::select! {
+            shaken = handshake => shaken,
+            _ = self.draining.changed() => return,
+        };
+        match shaken {
+            Ok(Ok(stream)) => self.serve(stream).await,
             Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         }
+    }
+}
+
+/// Drives `conn` to its end; once the server begins to drain, asks it to finish the requests it
+/// has begun and close.
+async fn until_drained<C>(
+    mut conn: Pin<C>,
+    draining: &mut watch::Receiver<()>,
+) -> Result<(), hyper::Error>
+where
+    C: DerefMut<Target: Drain>,
+{
+    tokio::select! {
+        served = conn.as_mut() => return served,
+        _ = draining.changed() => conn.as_mut().drain(),
+    }
+    conn.await
+}
+
+/// A served connection that can be asked to close once its requests in flight are answered.
+trait Drain: Future<Output = Result<(), hyper::Error>> {
+    fn drain(self: Pin<&mut Self>);
+}
+
+impl<I> Drain for http1::UpgradeableConnection<I, PeerService>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Drain for http2::Connection<I, PeerService, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// HTTP/2's connection preface (RFC 9113, 3.4), which a client with prior knowledge sends first.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first bytes of a connection: enough to tell HTTP/2's preface from anything else, which is
+/// left to HTTP/1.1 to read (and refuse, when it is not a request).
+struct Opening {
+    bytes: [u8; PREFACE.len()],
+    /// How many of `bytes` were read.
+    len: u8,
+    /// How many of them have been handed on.
+    given: u8,
+}
+
+impl Opening {
+    /// Reads until the bytes stop matching the preface or match all of it, never past it. `None`
+    /// when the client closes first.
+    async fn read<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Option<Self>> {
+        let mut opening = Self {
+            bytes: [0; PREFACE.len()],
+            len: 0,
+            given: 0,
+        };
+        loop {
+            let len = usize::from(opening.len);
+            let n = io.read(&mut opening.bytes[len..]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let read = &opening.bytes[..len + n];
+            opening.len = u8::try_from(read.len()).expect("at most the preface's 24 bytes");
+            if read.len() == PREFACE.len() || read != &PREFACE[..read.len()] {
+                return Ok(Some(opening));
+            }
+        }
+    }
+
+    fn is_http2_preface(&self) -> bool {
+        &self.bytes[..usize::from(self.len)] == PREFACE
+    }
+
+    /// What is read but not yet handed on.
+    fn rest(&self) -> &[u8] {
+        &self.bytes[usize::from(self.given)..usize::from(self.len)]
+    }
+}
+
+/// `io` with its opening put back in front, for the protocol that reads it again.
+struct Rewind<I> {
+    opening: Opening,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let rest = this.opening.rest();
+        if rest.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        this.opening.given += u8::try_from(n).expect("at most the preface's 24 bytes");
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
