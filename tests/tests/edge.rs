@@ -363,3 +363,86 @@ async fn a_protocols_opening_may_arrive_in_pieces() {
         .expect("a frame header");
     assert_eq!(frame[3], 4, "a SETTINGS frame: {frame:?}");
 }
+
+#[tokio::test]
+async fn idle_kept_alive_connections_are_closed() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.header_read_timeout_ms = 300;
+    })
+    .await;
+    // HTTP/1.1: one request answered, then nothing; the header timeout runs for the next head.
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: bff\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "HTTP/1.1: still open after {WAIT:?}");
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+
+    // HTTP/2's preface and an empty SETTINGS frame, then nothing: a connection without a request
+    // in flight holds its place under the connection cap no longer than an idle HTTP/1.1 one.
+    // The client acknowledges nothing (not the server's SETTINGS, nor a PING): the server may not
+    // wait on it to close.
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut frames)).await;
+    assert!(closed.is_ok(), "HTTP/2: still open after {WAIT:?}");
+    // Its last frames include a GOAWAY (type 7), so a client knows which requests were served.
+    let mut at = 0;
+    let mut types = Vec::new();
+    while at + 9 <= frames.len() {
+        let len = usize::from(frames[at]) << 16
+            | usize::from(frames[at + 1]) << 8
+            | usize::from(frames[at + 2]);
+        types.push(frames[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "frame types {types:?}");
+}
+
+#[tokio::test]
+async fn an_http2_connection_whose_answer_still_streams_is_not_idle() {
+    let stack = Stack::start().await;
+    let web = TestBff::start(&bff_web::BFF, &stack, |c| {
+        c.server.header_read_timeout_ms = 300;
+        c.client.events_heartbeat_secs = 1;
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let token = stack.user_token("user-0042", "events:read").await;
+    let mut res = http
+        .get(format!("{}/api/events", web.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    // Two heartbeats a second apart: the stream outlives several header timeouts, its answer
+    // open all along, and the connection is not closed under it.
+    let mut text = String::new();
+    let streamed = tokio::time::timeout(WAIT, async {
+        while text.matches(": heartbeat").count() < 2 {
+            match res.chunk().await {
+                Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .expect("two heartbeats in time");
+    assert!(
+        streamed.is_ok(),
+        "the stream ended: {streamed:?} after {text}"
+    );
+}

@@ -4,7 +4,10 @@
 //! - A request head must arrive within `server.header_read_timeout_ms` (slow-header attacks) and
 //!   fit in `server.max_header_bytes` and `server.max_headers` (431 beyond). A new connection
 //!   must show within that time which protocol it speaks (HTTP/2's preface, or anything else for
-//!   HTTP/1.1); one that sends nothing is closed, not left holding its place.
+//!   HTTP/1.1); one that sends nothing is closed, not left holding its place. A connection
+//!   with no request open is closed after that time too: HTTP/1.1's while it waits for the
+//!   next request's head, HTTP/2's (with a GOAWAY) between one and two such times after its last
+//!   answer.
 //! - At most `server.max_connections` connections are served at once; further ones wait in the
 //!   kernel's backlog instead of costing memory.
 //! - HTTP/2: `server.http2_max_concurrent_streams` per connection, a bounded header list, and
@@ -21,10 +24,11 @@ use std::net::SocketAddr;
 use std::ops::DerefMut;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
@@ -264,12 +268,21 @@ impl Connection {
         // Each connection is made where it is pinned and driven, not handed to a function that
         // drives it: an `async fn` would hold it twice, its argument and its pinned copy.
         let served = if http2 {
+            let streams = Arc::new(Streams::default());
+            let service = StreamService {
+                inner: self.service,
+                streams: streams.clone(),
+            };
             // Boxed: HTTP/2's state is twice HTTP/1.1's, and most connections never need it.
-            let conn = Box::pin(protocols.http2.serve_connection(io, self.service));
-            until_drained(conn, &mut self.draining).await
+            let conn = Box::pin(protocols.http2.serve_connection(io, service));
+            let idle = || streams.idled(protocols.opening);
+            until_drained(conn, &mut self.draining, idle).await
         } else {
+            // HTTP/1.1 bounds an idle connection itself: the header timeout runs while it waits
+            // for the next request's head.
             let conn = protocols.http1.serve_connection(io, self.service);
-            until_drained(pin!(conn.with_upgrades()), &mut self.draining).await
+            let idle = std::future::pending::<()>;
+            until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle).await
         };
         if let Err(err) = served {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -292,20 +305,120 @@ impl Connection {
     }
 }
 
-/// Drives `conn` to its end; once the server begins to drain, asks it to finish the requests it
-/// has begun and close.
-async fn until_drained<C>(
+/// Drives `conn` to its end; once the server begins to drain, or `idle()` finds the connection
+/// idle, asks it to finish the requests it has begun and close. A connection that is idle again
+/// after that (a client that never acknowledges HTTP/2's GOAWAY) is dropped.
+async fn until_drained<C, F>(
     mut conn: Pin<C>,
     draining: &mut watch::Receiver<()>,
+    idle: impl Fn() -> F,
 ) -> Result<(), hyper::Error>
 where
     C: DerefMut<Target: Drain>,
+    F: Future<Output = ()>,
 {
     tokio::select! {
         served = conn.as_mut() => return served,
-        _ = draining.changed() => conn.as_mut().drain(),
+        _ = draining.changed() => {}
+        () = idle() => {}
     }
-    conn.await
+    conn.as_mut().drain();
+    tokio::select! {
+        served = conn => served,
+        () = idle() => Ok(()),
+    }
+}
+
+/// What an HTTP/2 connection's requests are doing, for closing it once it idles, as HTTP/1.1
+/// closes a connection that waits longer than the header timeout for a request.
+#[derive(Default)]
+struct Streams {
+    /// Requests begun on the connection.
+    begun: AtomicU64,
+    /// Requests whose answers are not yet sent whole (nor given up).
+    open: AtomicUsize,
+}
+
+impl Streams {
+    /// Resolves once no request has been open, nor begun, for a whole `period`: between one and
+    /// two periods after the last answer.
+    async fn idled(&self, period: Duration) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut seen = 0;
+        loop {
+            ticks.tick().await;
+            let begun = self.begun.load(Ordering::Relaxed);
+            if begun == seen && self.open.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            seen = begun;
+        }
+    }
+}
+
+/// One of an HTTP/2 connection's requests, counted open from its beginning until its answer's
+/// body is sent or dropped.
+struct Open(Arc<Streams>);
+
+impl Open {
+    fn begin(streams: &Arc<Streams>) -> Self {
+        streams.begun.fetch_add(1, Ordering::Relaxed);
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// [`PeerService`] for an HTTP/2 connection: it keeps count of the requests open.
+struct StreamService {
+    inner: PeerService,
+    streams: Arc<Streams>,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for StreamService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        let open = Open::begin(&self.streams);
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let answer = answer.await?;
+            Ok(answer.map(|body| Body::new(OpenBody { body, _open: open })))
+        })
+    }
+}
+
+/// An answer's body that keeps its request counted open until it is sent or dropped.
+struct OpenBody {
+    body: Body,
+    _open: Open,
+}
+
+impl HttpBody for OpenBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A served connection that can be asked to close once its requests in flight are answered.
@@ -322,7 +435,7 @@ where
     }
 }
 
-impl<I> Drain for http2::Connection<I, PeerService, TokioExecutor>
+impl<I> Drain for http2::Connection<I, StreamService, TokioExecutor>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
