@@ -446,3 +446,46 @@ async fn an_http2_connection_whose_answer_still_streams_is_not_idle() {
         "the stream ended: {streamed:?} after {text}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.send_timeout_ms = 300;
+    })
+    .await;
+    // About 24 MB of answers: more than the sockets' buffers hold.
+    const ASKED: usize = 100_000;
+    // A small receive window, then many requests in one go and nothing read: the
+    // answers fill both sides' buffers and the gateway's writes wait on the client.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut conn = socket.connect(bff.addr).await.expect("connect");
+    let requests = "GET /healthz HTTP/1.1\r\nHost: bff\r\n\r\n".repeat(ASKED);
+    // The gateway reads requests only as fast as it can answer them: write what it takes.
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn.write_all(requests.as_bytes())).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Reading now drains what was sent before the cut, then ends: the connection is closed,
+    // not waiting, its answers unfinished (an open one would answer them all, then wait
+    // for the next request for the header timeout, longer than this test waits).
+    let mut answers = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answers.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answered = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(
+        ended.is_ok(),
+        "still open after {WAIT:?}, {answered} answered, {} bytes",
+        answers.len()
+    );
+    assert!(answered < ASKED, "all {answered} answered");
+}

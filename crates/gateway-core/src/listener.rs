@@ -8,6 +8,8 @@
 //!   with no request open is closed after that time too: HTTP/1.1's while it waits for the
 //!   next request's head, HTTP/2's (with a GOAWAY) between one and two such times after its last
 //!   answer.
+//! - A write to a client may wait at most `server.send_timeout_ms` for the client to take any of
+//!   it (slow-read attacks); the connection is closed after it.
 //! - At most `server.max_connections` connections are served at once; further ones wait in the
 //!   kernel's backlog instead of costing memory.
 //! - HTTP/2: `server.http2_max_concurrent_streams` per connection, a bounded header list, and
@@ -58,6 +60,7 @@ pub struct Connections {
     /// After shutdown begins, how long in-flight requests get.
     pub grace: Duration,
     header_read_timeout: Duration,
+    send_timeout: Duration,
     max_header_bytes: usize,
     max_headers: usize,
     max_connections: usize,
@@ -80,6 +83,7 @@ impl Connections {
         Ok(Self {
             grace: Duration::from_millis(cfg.shutdown_grace_ms),
             header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms),
+            send_timeout: Duration::from_millis(cfg.send_timeout_ms),
             max_header_bytes: cfg.max_header_bytes,
             max_headers: cfg.max_headers,
             max_connections: cfg.max_connections,
@@ -116,6 +120,7 @@ impl Connections {
             http1,
             http2,
             opening: self.header_read_timeout,
+            send_timeout: self.send_timeout,
         }
     }
 }
@@ -126,6 +131,8 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
     /// How long a new connection (and a TLS handshake) may take to show which protocol it speaks.
     opening: Duration,
+    /// How long a write may wait for the client to take any of it.
+    send_timeout: Duration,
 }
 
 /// A TLS acceptor for `[server.tls]`: rustls on aws-lc-rs, TLS 1.2 and 1.3, ALPN `h2` then
@@ -263,7 +270,13 @@ impl Connection {
             }
         };
         let http2 = opening.is_http2_preface();
-        let io = TokioIo::new(Rewind { opening, io });
+        let io = TokioIo::new(ClientIo {
+            opening,
+            io,
+            send_timeout: self.protocols.send_timeout,
+            stall: None,
+            stalled: false,
+        });
         let protocols = &self.protocols;
         // Each connection is made where it is pinned and driven, not handed to a function that
         // drives it: an `async fn` would hold it twice, its argument and its pinned copy.
@@ -490,13 +503,51 @@ impl Opening {
     }
 }
 
-/// `io` with its opening put back in front, for the protocol that reads it again.
-struct Rewind<I> {
+/// A client's connection as the protocols see it: its opening put back in front, for the
+/// protocol that reads it again, and its writes bounded by the send timeout.
+struct ClientIo<I> {
     opening: Opening,
     io: I,
+    send_timeout: Duration,
+    /// The send timeout's timer, made at the first write that waits and reused after.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `stall` bounds the current wait.
+    stalled: bool,
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+impl<I> ClientIo<I> {
+    /// `write` on the connection; while it waits for the client, for at most the send timeout.
+    fn bounded<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut I>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>>
+    where
+        I: Unpin,
+    {
+        if let Poll::Ready(done) = write(Pin::new(&mut self.io), cx) {
+            self.stalled = false;
+            return Poll::Ready(done);
+        }
+        let timeout = self.send_timeout;
+        let stall = match &mut self.stall {
+            Some(stall) if self.stalled => stall,
+            Some(stall) => {
+                stall.as_mut().reset(tokio::time::Instant::now() + timeout);
+                stall
+            }
+            None => self.stall.insert(Box::pin(tokio::time::sleep(timeout))),
+        };
+        self.stalled = true;
+        std::task::ready!(stall.as_mut().poll(cx));
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client took nothing of its answer for the send timeout",
+        )))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -514,13 +565,13 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        self.get_mut().bounded(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -528,7 +579,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        self.get_mut()
+            .bounded(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -536,11 +588,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        self.get_mut().bounded(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        self.get_mut().bounded(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
 

@@ -188,6 +188,9 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: u64,
     /// How long a client may pause while sending a body, in milliseconds (408 after it).
     pub body_read_timeout_ms: u64,
+    /// How long a write to a client may wait for the client to take any of it, in milliseconds;
+    /// the connection is closed after it (slow-read attacks; nginx's `send_timeout`).
+    pub send_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     /// Threads that run requests: 0 for `TOKIO_WORKER_THREADS` when set, otherwise one per CPU
@@ -234,6 +237,7 @@ impl Default for ServerConfig {
             max_headers: 100,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 10_000,
+            send_timeout_ms: 60_000,
             max_connections: 10_000,
             workers: 0,
             http2_max_concurrent_streams: 100,
@@ -935,6 +939,7 @@ where
                 "server.body_read_timeout_ms",
                 self.server.body_read_timeout_ms,
             ),
+            ("server.send_timeout_ms", self.server.send_timeout_ms),
             ("server.max_connections", self.server.max_connections as u64),
             (
                 "server.http2_max_concurrent_streams",
