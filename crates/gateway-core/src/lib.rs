@@ -46,6 +46,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 mod stage;
+mod stall;
 pub mod store;
 pub mod telemetry;
 #[cfg(test)]

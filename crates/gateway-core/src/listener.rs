@@ -48,6 +48,7 @@ use tower::util::Oneshot;
 
 use crate::app::App;
 use crate::config::{ConfigError, ServerConfig, TlsConfig};
+use crate::stall::Stall;
 
 /// HTTP/2 streams a client may reset before the server answered them, pending at once.
 const MAX_PENDING_RESETS: usize = 20;
@@ -273,9 +274,7 @@ impl Connection {
         let io = TokioIo::new(ClientIo {
             opening,
             io,
-            send_timeout: self.protocols.send_timeout,
-            stall: None,
-            stalled: false,
+            send: Stall::new(self.protocols.send_timeout),
         });
         let protocols = &self.protocols;
         // Each connection is made where it is pinned and driven, not handed to a function that
@@ -508,11 +507,8 @@ impl Opening {
 struct ClientIo<I> {
     opening: Opening,
     io: I,
-    send_timeout: Duration,
-    /// The send timeout's timer, made at the first write that waits and reused after.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether `stall` bounds the current wait.
-    stalled: bool,
+    /// The send timeout.
+    send: Stall,
 }
 
 impl<I> ClientIo<I> {
@@ -526,20 +522,10 @@ impl<I> ClientIo<I> {
         I: Unpin,
     {
         if let Poll::Ready(done) = write(Pin::new(&mut self.io), cx) {
-            self.stalled = false;
+            self.send.progressed();
             return Poll::Ready(done);
         }
-        let timeout = self.send_timeout;
-        let stall = match &mut self.stall {
-            Some(stall) if self.stalled => stall,
-            Some(stall) => {
-                stall.as_mut().reset(tokio::time::Instant::now() + timeout);
-                stall
-            }
-            None => self.stall.insert(Box::pin(tokio::time::sleep(timeout))),
-        };
-        self.stalled = true;
-        std::task::ready!(stall.as_mut().poll(cx));
+        std::task::ready!(self.send.poll_waited(cx));
         Poll::Ready(Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the client took nothing of its answer for the send timeout",

@@ -29,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use crate::config::ProxyConfig;
 use crate::edge::{RequestFacts, X_FORWARDED_FOR};
 use crate::error::GatewayError;
+use crate::stall::Stall;
 use crate::upstream::forward::BODY_TOO_LARGE;
 use crate::upstream::{CallContext, Upstream, UpstreamError, Upstreams};
 
@@ -367,23 +368,15 @@ fn answer(res: Response, idle: Duration) -> Response {
     parts.headers.reserve(ADDED_TO_ANSWERS);
     let body = Body::new(IdleBound {
         body,
-        idle,
-        sleep: None,
-        armed: false,
+        stall: Stall::new(idle),
     });
     Response::from_parts(parts, body)
 }
 
-/// An answer's body that fails when the backend sends nothing for `idle`. The bound runs only
-/// while the body waits: a chunk that is already there costs no timer (tower-http's
-/// `TimeoutBody` arms one for every chunk, and reads the clock to do it), and one timer serves
-/// every wait of a long answer.
+/// An answer's body that fails when the backend sends nothing of it for the upstream's timeout.
 struct IdleBound {
     body: Body,
-    idle: Duration,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether `sleep` bounds the current wait (set at its first `Pending`).
-    armed: bool,
+    stall: Stall,
 }
 
 /// The error that ends an answer whose backend sent nothing for the upstream's timeout.
@@ -401,21 +394,11 @@ impl HttpBody for IdleBound {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
-            this.armed = false;
+            this.stall.progressed();
             return Poll::Ready(frame);
         }
-        let idle = this.idle;
-        let sleep = match &mut this.sleep {
-            Some(sleep) if this.armed => sleep,
-            Some(sleep) => {
-                sleep.as_mut().reset(tokio::time::Instant::now() + idle);
-                sleep
-            }
-            None => this.sleep.insert(Box::pin(tokio::time::sleep(idle))),
-        };
-        this.armed = true;
-        std::task::ready!(sleep.as_mut().poll(cx));
-        Poll::Ready(Some(Err(axum::Error::new(AnswerIdle(idle)))))
+        std::task::ready!(this.stall.poll_waited(cx));
+        Poll::Ready(Some(Err(axum::Error::new(AnswerIdle(this.stall.after())))))
     }
 
     fn is_end_stream(&self) -> bool {
