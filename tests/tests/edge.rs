@@ -489,3 +489,103 @@ async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     );
     assert!(answered < ASKED, "all {answered} answered");
 }
+
+/// An HTTP/2 client that reads every frame (so the socket never stalls) but grants each stream
+/// only `window` bytes, and none back as it reads them.
+async fn stingy_http2(
+    addr: std::net::SocketAddr,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (client.ready().await.expect("ready"), conn)
+}
+
+/// Sends `request` and waits for its answer's head.
+async fn h2_head(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    request: axum::http::Request<()>,
+) -> axum::http::Response<h2::RecvStream> {
+    let (answer, _) = client.send_request(request, true).expect("send");
+    tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("a head in time")
+        .expect("a head")
+}
+
+/// Reads `body` until its stream is reset, which it must be within [`WAIT`]: then the reset's
+/// error.
+async fn reset_of(mut body: h2::RecvStream) -> h2::Error {
+    let reset = tokio::time::timeout(WAIT, async {
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Ok(err),
+                None => return Err("the answer ended whole"),
+            }
+        }
+    })
+    .await
+    .expect("the stream still open after the send timeout");
+    reset.expect("a reset stream")
+}
+
+#[tokio::test]
+async fn an_http2_answer_the_client_grants_no_window_for_is_reset() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.send_timeout_ms = 300;
+    })
+    .await;
+    // No window at all: each answer can send its head and nothing of its body.
+    let (mut client, conn) = stingy_http2(bff.addr, 0).await;
+    let healthz = || {
+        axum::http::Request::get(format!("{}/healthz", bff.url))
+            .body(())
+            .expect("request")
+    };
+    let answer = h2_head(&mut client, healthz()).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    // The body waits on the client's window for the send timeout, then its stream is reset.
+    let err = reset_of(answer.into_body()).await;
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
+    assert!(err.is_reset() && !err.is_go_away(), "{err:?}");
+    // That stream alone: the connection still serves requests.
+    let mut client = client.ready().await.expect("the connection still open");
+    let answer = h2_head(&mut client, healthz()).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    conn.abort();
+}
+
+#[tokio::test]
+async fn an_http2_stream_the_client_stops_granting_window_for_is_reset() {
+    let stack = Stack::start().await;
+    let web = TestBff::start(&bff_web::BFF, &stack, |c| {
+        c.server.send_timeout_ms = 300;
+        c.client.events_heartbeat_secs = 1;
+    })
+    .await;
+    // An event stream, whose body waits on its backend between events, and a client that
+    // takes 16 bytes of it and grants no more: the stream waits on the client from then on.
+    let token = stack.user_token("user-0042", "events:read").await;
+    let (mut client, conn) = stingy_http2(web.addr, 16).await;
+    let events = axum::http::Request::get(format!("{}/api/events", web.url))
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .expect("request");
+    let answer = h2_head(&mut client, events).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let err = reset_of(answer.into_body()).await;
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
+    conn.abort();
+}

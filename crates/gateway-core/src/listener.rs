@@ -9,7 +9,8 @@
 //!   next request's head, HTTP/2's (with a GOAWAY) between one and two such times after its last
 //!   answer.
 //! - A write to a client may wait at most `server.send_timeout_ms` for the client to take any of
-//!   it (slow-read attacks); the connection is closed after it.
+//!   it (slow-read attacks); the connection is closed after it. An HTTP/2 answer may wait that
+//!   long for the client to open its flow-control window; that stream alone is reset after it.
 //! - At most `server.max_connections` connections are served at once; further ones wait in the
 //!   kernel's backlog instead of costing memory.
 //! - HTTP/2: `server.http2_max_concurrent_streams` per connection, a bounded header list, and
@@ -21,6 +22,7 @@
 //! Graceful shutdown: stop accepting, let each connection finish its in-flight requests, close
 //! what is left after the grace period.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::ops::DerefMut;
@@ -35,7 +37,7 @@ use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -108,7 +110,9 @@ impl Connections {
             .header_read_timeout(self.header_read_timeout)
             .max_buf_size(self.max_header_bytes)
             .max_headers(self.max_headers);
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(StreamExec {
+            send_timeout: self.send_timeout,
+        });
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.http2_max_streams)
@@ -129,7 +133,7 @@ impl Connections {
 /// The HTTP/1.1 and HTTP/2 servers' settings, shared by every connection.
 struct Protocols {
     http1: http1::Builder,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<StreamExec>,
     /// How long a new connection (and a TLS handshake) may take to show which protocol it speaks.
     opening: Duration,
     /// How long a write may wait for the client to take any of it.
@@ -402,6 +406,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for StreamService {
         let answer = self.inner.call(req);
         Box::pin(async move {
             let answer = answer.await?;
+            // Next, hyper sends the head and waits for the client's window for the body.
+            Turn::Client.take();
             Ok(answer.map(|body| Body::new(OpenBody { body, _open: open })))
         })
     }
@@ -421,7 +427,15 @@ impl HttpBody for OpenBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let polled = Pin::new(&mut self.get_mut().body).poll_frame(cx);
+        // A frame given to hyper is sent as the client's window allows; a body that has none
+        // ready waits on its backend.
+        if polled.is_pending() {
+            Turn::Backend.take();
+        } else {
+            Turn::Client.take();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -430,6 +444,73 @@ impl HttpBody for OpenBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Whom an HTTP/2 stream's answer waits on: its backend (for the answer, or its body's next
+/// frame), or the client (for flow-control window to send what it has).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Backend,
+    Client,
+}
+
+thread_local! {
+    /// Where the stream being polled on this thread last found itself: set by its answer and
+    /// body as they are polled, read by [`StreamExec`]'s task around each poll of the stream.
+    static TURN: Cell<Option<Turn>> = const { Cell::new(None) };
+}
+
+impl Turn {
+    /// The stream being polled now waits on `self`.
+    fn take(self) {
+        TURN.set(Some(self));
+    }
+}
+
+/// The executor of an HTTP/2 connection's streams. hyper runs each stream (its answer, then its
+/// body, sent as the client's flow-control window allows) as a task of its own; this one resets
+/// a stream whose answer waits longer than the send timeout for the client to open its window.
+/// Without it, a client that reads every frame but never grants window would hold the stream,
+/// its backend's answer and the connection open for good: the socket never stalls, so the
+/// connection's send timeout never runs. nginx bounds such a stream with `send_timeout`, Envoy
+/// with `stream_idle_timeout`.
+#[derive(Clone)]
+struct StreamExec {
+    send_timeout: Duration,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let mut stall = Stall::new(self.send_timeout);
+        tokio::spawn(async move {
+            let mut stream = pin!(stream);
+            let mut turn = Turn::Backend;
+            std::future::poll_fn(|cx| {
+                let outer = TURN.replace(None);
+                let polled = stream.as_mut().poll(cx);
+                // Whatever the answer or body did in this poll is progress, and says whom the
+                // stream waits on now.
+                if let Some(now) = TURN.replace(outer) {
+                    turn = now;
+                    stall.progressed();
+                }
+                if polled.is_ready() || turn == Turn::Backend {
+                    return polled;
+                }
+                std::task::ready!(stall.poll_waited(cx));
+                tracing::debug!(
+                    send_timeout_ms = stall.after().as_millis() as u64,
+                    "the client granted no window for an answer; stream reset"
+                );
+                // Dropping the stream resets it (RST_STREAM, CANCEL); the connection goes on.
+                Poll::Ready(())
+            })
+            .await;
+        });
     }
 }
 
@@ -447,7 +528,7 @@ where
     }
 }
 
-impl<I> Drain for http2::Connection<I, StreamService, TokioExecutor>
+impl<I> Drain for http2::Connection<I, StreamService, StreamExec>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {

@@ -189,7 +189,8 @@ pub struct ServerConfig {
     /// How long a client may pause while sending a body, in milliseconds (408 after it).
     pub body_read_timeout_ms: u64,
     /// How long a write to a client may wait for the client to take any of it, in milliseconds;
-    /// the connection is closed after it (slow-read attacks; nginx's `send_timeout`).
+    /// the connection is closed after it (slow-read attacks; nginx's `send_timeout`). An HTTP/2
+    /// answer may wait as long for the client's flow-control window; its stream is reset after it.
     pub send_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
