@@ -1,15 +1,22 @@
 //! Which answers the mobile BFF compresses, and how whole answers are compressed at once.
 //!
-//! Two layers do the work. tower-http's [`CompressionLayer`](tower_http::compression) is the
-//! outer one: it negotiates `Accept-Encoding` and compresses answers as they stream. Inside it,
-//! [`OneShot`] takes the answers whose whole size is known and small ([`ONE_SHOT_MAX`]): the
-//! JSON the BFF builds, and pass-through answers with a `Content-Length`. It reads such an answer
-//! and compresses it in one call, on an encoder kept by the worker thread from one answer to the
-//! next, where a streaming encoder allocates and clears its tables (half a megabyte for brotli)
-//! for every answer. The answer says `Content-Encoding`, so the outer layer passes it on as it
-//! is. The codings and levels are the streaming encoders' (gzip 6, brotli 4); the brotli encoder
-//! is another port of Google's, so its bytes may differ from theirs by a few. Answers to `HEAD`
-//! are left to the outer layer, which never reads a body that will not be sent.
+//! One layer, [`Compress`], decides as tower-http's
+//! [`CompressionLayer`](tower_http::compression) would (`Accept-Encoding`, then the answer's
+//! type and size; tests hold the two together), and sends each answer one of three ways:
+//!
+//! - **Whole**, when its size is known and small ([`ONE_SHOT_MAX`]): the JSON the BFF builds,
+//!   and pass-through answers with a `Content-Length`. It reads the answer and compresses it in
+//!   one call, on an encoder kept by the worker thread from one answer to the next, where a
+//!   streaming encoder allocates and clears its tables (half a megabyte for brotli) for every
+//!   answer. The codings and levels are the streaming encoders' (gzip 6, brotli 4); the brotli
+//!   encoder is another port of Google's, so its bytes may differ from theirs by a few.
+//! - **Streamed** by tower-http's encoders: larger answers, those of unknown size, answers to
+//!   `HEAD` (never read: no body is sent), and requests whose `Accept-Encoding` leaves tower-http
+//!   to choose identity or answer 406.
+//! - **As it is**, with `Vary: Accept-Encoding` where it could have been compressed: an answer
+//!   that is not compressible, or a request with no `Accept-Encoding`. Its body is not wrapped:
+//!   tower-http's body type holds room for every encoder's state (some 5.8 KB), which every
+//!   answer would otherwise be copied into, and moved with, on its way out.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -19,10 +26,11 @@ use std::task::{Context, Poll};
 use axum::body::{Body, HttpBody};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use bytes::Bytes;
+use futures::FutureExt as _;
 use futures::future::{BoxFuture, Either};
 use http_body_util::{BodyExt as _, Limited};
-use tower::{Layer, Service};
-use tower_http::compression::Predicate;
+use tower::{Layer, Service, ServiceExt as _};
+use tower_http::compression::{CompressionLayer, Predicate};
 
 /// tower-http's default rule (nothing under 32 bytes; not gRPC, but gRPC-Web; not images, but
 /// SVG; not server-sent events), with the answer's `content-type` read once instead of once per
@@ -57,7 +65,7 @@ impl Predicate for Compressible {
     }
 }
 
-/// The largest answer [`OneShot`] compresses whole; larger ones, and those of unknown size,
+/// The largest answer [`Compress`] compresses whole; larger ones, and those of unknown size,
 /// stream through tower-http's encoders. One call compresses it without yielding to the
 /// runtime: at this size brotli takes a few hundred microseconds of the worker thread.
 pub(crate) const ONE_SHOT_MAX: u64 = 64 * 1024;
@@ -172,25 +180,28 @@ pub(crate) fn negotiate(headers: &HeaderMap) -> Option<Coding> {
     }
 }
 
-/// Compresses whole answers of a known, small size at once (see the module's notes); passes
-/// everything else on untouched.
+/// The mobile BFF's compression layer (see the module's notes).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OneShotLayer;
+pub struct CompressLayer;
 
-impl<S> Layer<S> for OneShotLayer {
-    type Service = OneShot<S>;
-    fn layer(&self, inner: S) -> OneShot<S> {
-        OneShot { inner }
+impl<S> Layer<S> for CompressLayer {
+    type Service = Compress<S>;
+    fn layer(&self, inner: S) -> Compress<S> {
+        Compress { inner }
     }
 }
 
-/// The service of [`OneShotLayer`].
+/// The service of [`CompressLayer`].
 #[derive(Debug, Clone)]
-pub struct OneShot<S> {
+pub struct Compress<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for OneShot<S>
+/// An answer as it leaves [`Compress`] when the request asked for no coding: as tower-http
+/// would leave it, with `Vary` added when it could have been compressed.
+type Plain<E> = fn(Result<Response<Body>, E>) -> Result<Response<Body>, E>;
+
+impl<S, B> Service<Request<B>> for Compress<S>
 where
     S: Service<Request<B>, Response = Response<Body>>,
     S::Future: Send + 'static,
@@ -198,37 +209,116 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, S::Error>>>;
+    type Future = Either<
+        futures::future::Map<S::Future, Plain<S::Error>>,
+        BoxFuture<'static, Result<Response<Body>, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let coding = match negotiate(req.headers()) {
-            Some(coding) if req.method() != Method::HEAD => coding,
-            _ => return Either::Left(self.inner.call(req)),
+        let head = req.method() == Method::HEAD;
+        if !head && !req.headers().contains_key(header::ACCEPT_ENCODING) {
+            let plain: Plain<S::Error> = |res| res.map(uncompressed);
+            return Either::Left(self.inner.call(req).map(plain));
+        }
+        let coding = negotiate(req.headers()).filter(|_| !head);
+        // Where tower-http is left to choose (a HEAD, identity, nothing acceptable), the header
+        // as it came.
+        let sent: Vec<HeaderValue> = match coding {
+            Some(_) => Vec::new(),
+            None => req
+                .headers()
+                .get_all(header::ACCEPT_ENCODING)
+                .iter()
+                .cloned()
+                .collect(),
         };
         let answer = self.inner.call(req);
-        Either::Right(Box::pin(
-            async move { Ok(whole(answer.await?, coding).await) },
-        ))
+        Either::Right(Box::pin(async move {
+            let res = answer.await?;
+            Ok(match coding {
+                Some(coding) if fits_whole(&res) => whole(res, coding).await,
+                Some(_) if !compressible(&res) => res,
+                Some(coding) => streamed(res, [coding.header_value()]),
+                None => streamed(res, sent),
+            })
+        }))
     }
 }
 
-/// `res` compressed whole with `coding`, if it qualifies; else as it was.
-async fn whole(res: Response<Body>, coding: Coding) -> Response<Body> {
-    let qualifies = !res.headers().contains_key(header::CONTENT_ENCODING)
+/// Whether tower-http would compress `res` for a client that accepts a coding.
+fn compressible(res: &Response<Body>) -> bool {
+    !res.headers().contains_key(header::CONTENT_ENCODING)
         && !res.headers().contains_key(header::CONTENT_RANGE)
-        && res
-            .body()
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= ONE_SHOT_MAX)
-        && Compressible.should_compress(&res);
-    if !qualifies {
-        return res;
+        && Compressible.should_compress(res)
+}
+
+/// Whether `res` is compressed whole: compressible, and of a known size up to [`ONE_SHOT_MAX`].
+fn fits_whole(res: &Response<Body>) -> bool {
+    res.body()
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= ONE_SHOT_MAX)
+        && compressible(res)
+}
+
+/// `res` for a client that asked for no coding: as it is, saying `Vary: Accept-Encoding` when
+/// another client could have had it compressed, as tower-http does. Its body is not wrapped:
+/// tower-http's body holds room for every encoder's state, which every answer would carry.
+fn uncompressed(mut res: Response<Body>) -> Response<Body> {
+    if compressible(&res) {
+        vary(res.headers_mut());
     }
+    res
+}
+
+/// `res` through tower-http's streaming compression, as a client sending `accept` as its
+/// `Accept-Encoding` gets it.
+fn streamed(res: Response<Body>, accept: impl IntoIterator<Item = HeaderValue>) -> Response<Body> {
+    let mut req = Request::new(());
+    for value in accept {
+        req.headers_mut().append(header::ACCEPT_ENCODING, value);
+    }
+    let mut res = Some(res);
+    let answer = tower::service_fn(move |_: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(res.take().expect("answered once")))
+    });
+    let compressed = streaming()
+        .layer(answer)
+        .oneshot(req)
+        .now_or_never()
+        .expect("an answer already made is compressed at once");
+    match compressed {
+        Ok(res) => res.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// tower-http's streaming compression as this BFF configures it: gzip and brotli, at
+/// tower-http's levels, for what [`Compressible`] allows.
+fn streaming() -> CompressionLayer<Compressible> {
+    CompressionLayer::new()
+        .gzip(true)
+        .br(true)
+        .compress_when(Compressible)
+}
+
+/// Adds `Vary: Accept-Encoding` unless the answer says it already.
+fn vary(headers: &mut HeaderMap) {
+    let said = headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| contains_ignore_case(v.as_bytes(), b"accept-encoding"));
+    if !said {
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+/// `res`, which [`fits_whole`], compressed whole with `coding`.
+async fn whole(res: Response<Body>, coding: Coding) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
     // The size is known, but a body may still fail, or (a bug upstream) run past its size.
     let collected = match Limited::new(body, ONE_SHOT_MAX as usize).collect().await {
@@ -241,16 +331,7 @@ async fn whole(res: Response<Body>, coding: Coding) -> Response<Body> {
     };
     let trailers = collected.trailers().cloned();
     let packed = Bytes::from(compress(coding, &collected.to_bytes()));
-    let vary = parts
-        .headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|v| contains_ignore_case(v.as_bytes(), b"accept-encoding"));
-    if !vary {
-        parts
-            .headers
-            .append(header::VARY, HeaderValue::from_static("accept-encoding"));
-    }
+    vary(&mut parts.headers);
     parts.headers.remove(header::ACCEPT_RANGES);
     parts
         .headers
@@ -344,7 +425,6 @@ mod tests {
     use super::*;
     use futures::executor::block_on;
     use std::io::Read as _;
-    use tower::ServiceExt as _;
     use tower_http::compression::DefaultPredicate;
 
     /// A JSON answer of `len` bytes, varied so that it compresses as real answers do.
@@ -574,12 +654,152 @@ mod tests {
             .header(header::ACCEPT_ENCODING, "br")
             .body(Body::empty())
             .expect("request");
-        let res = block_on(OneShotLayer.layer(backend).oneshot(req)).expect("infallible");
+        let res = block_on(crate::compression().layer(backend).oneshot(req)).expect("infallible");
         assert_eq!(res.headers()[header::CONTENT_ENCODING], "gzip");
         let body = block_on(res.into_body().collect())
             .expect("body")
             .to_bytes();
         assert_eq!(body.as_ref(), [7u8; 100]);
+    }
+
+    /// Every answer, for every client, as tower-http's layer alone sends it: the same status,
+    /// coding, `Vary`, and body once decoded; and its length where neither compressed it.
+    #[test]
+    fn answers_are_as_tower_http_alone_sends_them() {
+        let accepts = [
+            None,
+            Some("gzip"),
+            Some("br, gzip"),
+            Some("identity"),
+            Some("identity;q=0"),
+            Some("*;q=0"),
+            Some("deflate"),
+        ];
+        /// An answer's content type, a header of its own, its body, and whether it streams.
+        type Kind = (
+            &'static str,
+            Option<(&'static str, &'static str)>,
+            Bytes,
+            bool,
+        );
+        let json = json_of(1024);
+        let kinds: [Kind; 7] = [
+            ("application/json", None, json.clone(), false),
+            ("application/json", None, json.clone(), true),
+            (
+                "application/json",
+                Some(("vary", "Origin")),
+                json.clone(),
+                false,
+            ),
+            (
+                "application/json",
+                Some(("content-encoding", "gzip")),
+                json.clone(),
+                false,
+            ),
+            (
+                "application/json",
+                Some(("content-range", "bytes 0-1023/2048")),
+                json.clone(),
+                false,
+            ),
+            ("image/png", None, json.clone(), false),
+            ("application/json", None, Bytes::from_static(b"{}"), false),
+        ];
+        for method in [Method::GET, Method::HEAD] {
+            for (kind, extra, text, streamed) in &kinds {
+                for accept in accepts {
+                    let answer = {
+                        let (kind, extra, text, streamed) =
+                            (*kind, *extra, text.clone(), *streamed);
+                        move |_: Request<Body>| {
+                            let text = text.clone();
+                            async move {
+                                let body = if streamed {
+                                    Body::from_stream(futures::stream::iter([Ok::<_, Infallible>(
+                                        text,
+                                    )]))
+                                } else {
+                                    Body::from(text)
+                                };
+                                let mut res = Response::builder()
+                                    .header(header::CONTENT_TYPE, kind)
+                                    .body(body)
+                                    .expect("answer");
+                                if let Some((name, value)) = extra {
+                                    res.headers_mut()
+                                        .insert(name, value.parse().expect("value"));
+                                }
+                                Ok::<_, Infallible>(res)
+                            }
+                        }
+                    };
+                    let request = || {
+                        let mut req = Request::builder()
+                            .method(method.clone())
+                            .uri("/")
+                            .body(Body::empty())
+                            .expect("request");
+                        if let Some(accept) = accept {
+                            req.headers_mut()
+                                .insert(header::ACCEPT_ENCODING, accept.parse().expect("value"));
+                        }
+                        req
+                    };
+                    let ours = block_on(
+                        crate::compression()
+                            .layer(tower::service_fn(answer.clone()))
+                            .oneshot(request()),
+                    )
+                    .expect("infallible");
+                    let theirs = block_on(
+                        streaming()
+                            .layer(tower::service_fn(answer))
+                            .oneshot(request()),
+                    )
+                    .expect("infallible")
+                    .map(Body::new);
+                    let case = format!("{method} {kind} {extra:?} streamed {streamed}, {accept:?}");
+                    let head = |res: &Response<_>, name| {
+                        res.headers()
+                            .get_all(name)
+                            .iter()
+                            .map(|v: &HeaderValue| v.to_str().expect("ascii").to_owned())
+                            .collect::<Vec<_>>()
+                    };
+                    assert_eq!(ours.status(), theirs.status(), "{case}");
+                    let coding = head(&ours, header::CONTENT_ENCODING);
+                    assert_eq!(coding, head(&theirs, header::CONTENT_ENCODING), "{case}");
+                    assert_eq!(
+                        head(&ours, header::VARY),
+                        head(&theirs, header::VARY),
+                        "{case}"
+                    );
+                    // Compressed here, not by the backend.
+                    let compressed =
+                        !coding.is_empty() && extra.map(|e| e.0) != Some("content-encoding");
+                    if !compressed {
+                        assert_eq!(
+                            head(&ours, header::CONTENT_LENGTH),
+                            head(&theirs, header::CONTENT_LENGTH),
+                            "{case}"
+                        );
+                    }
+                    let body = |res: Response<Body>| {
+                        let packed = block_on(res.into_body().collect())
+                            .expect("body")
+                            .to_bytes();
+                        if compressed {
+                            decode(coding.first().map(String::as_str), &packed)
+                        } else {
+                            packed.to_vec()
+                        }
+                    };
+                    assert_eq!(body(ours), body(theirs), "{case}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -28,8 +28,6 @@ use gateway_core::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tower::layer::util::Stack;
-use tower_http::compression::{CompressionLayer, Predicate};
 
 pub use version::ClientVersion;
 
@@ -118,14 +116,8 @@ pub fn app(gw: Gw) -> App {
 /// at tower-http's levels (gzip 6 on zlib-rs, brotli 4), for answers of 32 bytes or more that are
 /// not images, gRPC or event streams. Answers of a known size up to 64 KB are compressed whole,
 /// on encoders reused from one answer to the next; the rest stream through tower-http's.
-pub fn compression() -> Stack<compress::OneShotLayer, CompressionLayer<impl Predicate>> {
-    Stack::new(
-        compress::OneShotLayer,
-        CompressionLayer::new()
-            .gzip(true)
-            .br(true)
-            .compress_when(compress::Compressible),
-    )
+pub fn compression() -> compress::CompressLayer {
+    compress::CompressLayer
 }
 
 /// `GET /api/v2/user/profile`: user, subscription and preferences in one compact object.
