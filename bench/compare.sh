@@ -10,8 +10,10 @@
 #
 # Settings (environment): ROUNDS (default 5), DURATION seconds per run (default 8), CONNS (64),
 # ACCEPT_ENCODING (none by default: no compression; `gzip` or `br` to measure the mobile BFF's),
-# ROUTE (`pass`, the default, or `profile`; see bench/pair.sh).
-# Needs: python3, taskset, nginx and wrk. Both gateways on CPU 1 with one runtime worker each (one
+# ROUTE (`pass`, the default, or `profile`; see bench/pair.sh), HTTP2 (`1`: the clients speak
+# HTTP/2 with prior knowledge, CONNS/8 connections of 8 streams each, through oha; the pass route
+# only).
+# Needs: python3, taskset, nginx and wrk (and oha for HTTP2). Both gateways on CPU 1 with one runtime worker each (one
 # under load at a time), the load generator and the static backend on CPU 0.
 set -euo pipefail
 
@@ -22,6 +24,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-8}
 CONNS=${CONNS:-64}
 ACCEPT_ENCODING=${ACCEPT_ENCODING:-}
+HTTP2=${HTTP2:-}
 
 WRAP_BEFORE=()
 WRAP_AFTER=()
@@ -32,6 +35,14 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ENCODING=()
 [ -z "$ACCEPT_ENCODING" ] || ENCODING=(-H "Accept-Encoding: $ACCEPT_ENCODING")
 run() { # PORT SECONDS: requests per second
+  if [ -n "$HTTP2" ]; then
+    taskset -c 0 oha --no-tui --http2 -c $((CONNS / 8)) -p 8 -z "${2}s" --output-format json \
+      "${LOAD[@]}" "${ENCODING[@]}" "$(url "$1")" |
+      python3 -c 'import json, sys; r = json.load(sys.stdin); c = r["statusCodeDistribution"]
+assert set(c) == {"200"}, c
+print(r["summary"]["requestsPerSec"])'
+    return
+  fi
   taskset -c 0 wrk -t1 -c "$CONNS" -d "${2}s" "${LOAD[@]}" "${ENCODING[@]}" "$(url "$1")" |
     awk '/Requests\/sec/ {print $2}'
 }
