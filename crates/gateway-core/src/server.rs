@@ -431,10 +431,10 @@ struct Guard {
 }
 
 impl Stage for Guard {
-    fn run<N, F>(&self, req: Request, next: N) -> impl Future<Output = Response> + Send
+    fn run<'a, N, F>(&'a self, req: Request, next: N) -> impl Future<Output = Response> + Send + 'a
     where
-        N: FnOnce(Request) -> F + Send,
-        F: Future<Output = Response> + Send,
+        N: FnOnce(Request) -> F + Send + 'a,
+        F: Future<Output = Response> + Send + 'a,
     {
         use futures::future::Either;
         auth::authenticated(&self.auth, req, |req| {
@@ -458,10 +458,10 @@ struct Outer {
 }
 
 impl Stage for Outer {
-    fn run<N, F>(&self, req: Request, next: N) -> impl Future<Output = Response> + Send
+    fn run<'a, N, F>(&'a self, req: Request, next: N) -> impl Future<Output = Response> + Send + 'a
     where
-        N: FnOnce(Request) -> F + Send,
-        F: Future<Output = Response> + Send,
+        N: FnOnce(Request) -> F + Send + 'a,
+        F: Future<Output = Response> + Send + 'a,
     {
         edge::screened(&self.edge, req, |req| {
             telemetry::logged(&self.log, req, |req| bounds(self.bounds, req, next))

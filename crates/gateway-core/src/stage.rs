@@ -15,10 +15,10 @@ use tower::{Layer, Service};
 
 /// One step of the pipeline: does its work around `next`, the rest of the pipeline.
 pub(crate) trait Stage: Send + Sync + 'static {
-    fn run<N, F>(&self, req: Request, next: N) -> impl Future<Output = Response> + Send
+    fn run<'a, N, F>(&'a self, req: Request, next: N) -> impl Future<Output = Response> + Send + 'a
     where
-        N: FnOnce(Request) -> F + Send,
-        F: Future<Output = Response> + Send;
+        N: FnOnce(Request) -> F + Send + 'a,
+        F: Future<Output = Response> + Send + 'a;
 }
 
 /// A layer running a [`Stage`] around the service it wraps.
@@ -109,10 +109,10 @@ mod tests {
     struct Mark(&'static str);
 
     impl Stage for Mark {
-        async fn run<N, F>(&self, mut req: Request, next: N) -> Response
+        async fn run<'a, N, F>(&'a self, mut req: Request, next: N) -> Response
         where
-            N: FnOnce(Request) -> F + Send,
-            F: Future<Output = Response> + Send,
+            N: FnOnce(Request) -> F + Send + 'a,
+            F: Future<Output = Response> + Send + 'a,
         {
             req.headers_mut()
                 .insert("x-in", HeaderValue::from_static(self.0));

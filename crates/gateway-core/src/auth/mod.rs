@@ -154,6 +154,19 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
+    /// What [`Authenticator::authenticate`] answers when it can without waiting: a missing or
+    /// malformed credential, or a token in the verified-token cache. `None` when it must wait.
+    fn authenticate_now(&self, headers: &HeaderMap) -> Option<Result<Principal, GatewayError>> {
+        match self {
+            Self::Jwt(verifier) => match bearer(headers) {
+                Ok(Some(token)) => verifier.verify_now(token),
+                Ok(None) => Some(Err(GatewayError::Unauthenticated(AuthFailure::Missing))),
+                Err(err) => Some(Err(err)),
+            },
+            Self::ApiKey(_) => None,
+        }
+    }
+
     /// Establishes the principal from the request headers.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
         match self {
@@ -226,27 +239,57 @@ pub async fn authenticate(
 
 /// What [`authenticate`] does, around `next` (the rest of the pipeline), so that the gateway can
 /// run authentication and rate limits as one layer.
-pub async fn authenticated<F, Fut>(auth: &Authenticator, mut req: Request, next: F) -> Response
+///
+/// Not an `async fn`: most requests are decided without a wait (a token in the verified-token
+/// cache, or no usable credential), and then the future returned is `next`'s and little more.
+/// Only a credential that needs a wait (a token to verify in full, an API key to look up) gets a
+/// boxed future holding the request and `next` besides. An `async fn` would hold the request,
+/// the authentication's future and `next`'s side by side in every case, and every stage above
+/// it moves what it holds as it builds its own.
+pub fn authenticated<'a, F, Fut>(
+    auth: &'a Authenticator,
+    req: Request,
+    next: F,
+) -> impl Future<Output = Response> + Send + 'a
+where
+    F: FnOnce(Request) -> Fut + Send + 'a,
+    Fut: Future<Output = Response> + Send + 'a,
+{
+    use futures::future::{BoxFuture, Either};
+    match auth.authenticate_now(req.headers()) {
+        Some(Ok(principal)) => Either::Left(admitted(req, principal, next)),
+        Some(Err(err)) => Either::Right(Either::Left(std::future::ready(err.into_response()))),
+        None => {
+            let waited: BoxFuture<'a, Response> = Box::pin(async move {
+                match auth.authenticate(req.headers()).await {
+                    Ok(principal) => admitted(req, principal, next).await,
+                    Err(err) => err.into_response(),
+                }
+            });
+            Either::Right(Either::Right(waited))
+        }
+    }
+}
+
+/// `next` for an authenticated request: the principal goes with the request, and with the answer
+/// too when an access line (written outside this layer) names the subject.
+fn admitted<F, Fut>(
+    mut req: Request,
+    principal: Principal,
+    next: F,
+) -> impl Future<Output = Response>
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    match auth.authenticate(req.headers()).await {
-        Ok(principal) => {
-            // The access line, written outside this layer, names the subject; without access
-            // lines the principal goes with the request only.
-            if crate::telemetry::access_lines() {
-                RequestFacts::of_mut(req.extensions_mut()).principal = Some(principal.clone());
-                let mut res = next(req).await;
-                res.extensions_mut().insert(principal);
-                res
-            } else {
-                RequestFacts::of_mut(req.extensions_mut()).principal = Some(principal);
-                next(req).await
-            }
+    let named = crate::telemetry::access_lines().then(|| principal.clone());
+    RequestFacts::of_mut(req.extensions_mut()).principal = Some(principal);
+    futures::FutureExt::map(next(req), move |mut res| {
+        if let Some(principal) = named {
+            res.extensions_mut().insert(principal);
         }
-        Err(err) => err.into_response(),
-    }
+        res
+    })
 }
 
 /// Refuses with 403 `INSUFFICIENT_SCOPE` unless the principal holds every scope required.

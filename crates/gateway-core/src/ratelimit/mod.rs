@@ -296,6 +296,17 @@ impl RateLimiter {
         self.epoch.elapsed().as_micros() as u64
     }
 
+    /// What [`RateLimiter::decide`] answers when it can without waiting: with no shared store,
+    /// the in-memory decision. `None` when the shared store is to be asked.
+    fn decide_now(&self, key: &str, resolved: &Resolved) -> Option<Decision> {
+        if self.shared.is_some() {
+            return None;
+        }
+        let d = self.local.decide(key, &resolved.policy, self.now_us());
+        self.decisions.record(self.bff, d.allowed, Mode::Memory);
+        Some(d)
+    }
+
     /// Decides one request for `key`, applying the failure policy when the shared store fails.
     pub async fn decide(&self, key: &str, resolved: &Resolved) -> Result<Decision, GatewayError> {
         let Resolved {
@@ -395,21 +406,52 @@ pub async fn limit(State(limiter): State<Arc<RateLimiter>>, req: Request, next: 
 
 /// What [`limit`] does, around `next` (the rest of the pipeline), so that the gateway can run
 /// authentication and rate limits as one layer.
-pub async fn limited<F, Fut>(limiter: &RateLimiter, req: Request, next: F) -> Response
+///
+/// Not an `async fn`, for the reason [`crate::auth::authenticated`] gives: the in-memory limiter
+/// decides at once, and then the future returned is `next`'s and the limit headers to write.
+/// Only a decision by the shared store, which waits on it, gets a boxed future.
+pub fn limited<'a, F, Fut>(
+    limiter: &'a RateLimiter,
+    req: Request,
+    next: F,
+) -> impl Future<Output = Response> + Send + 'a
 where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Response>,
+    F: FnOnce(Request) -> Fut + Send + 'a,
+    Fut: Future<Output = Response> + Send + 'a,
 {
+    use futures::future::{BoxFuture, Either};
+    let policy = limiter.policy_for(&req);
+    let subject = subject_of(limiter, policy, &req);
+    match limiter.decide_now(&subject, policy) {
+        Some(d) => Either::Left(decided(Ok(d), &policy.policy, req, next)),
+        None => {
+            let waited: BoxFuture<'a, Response> = Box::pin(async move {
+                let decision = limiter.decide(&subject, policy).await;
+                decided(decision, &policy.policy, req, next).await
+            });
+            Either::Right(waited)
+        }
+    }
+}
+
+impl RateLimiter {
+    /// The policy in force for `req`: its route's, its principal's tier's, or the default.
+    fn policy_for(&self, req: &Request) -> &Resolved {
+        let facts = RequestFacts::of(req.extensions());
+        let principal = facts.and_then(|f| f.principal.as_ref());
+        let matched = crate::proxy::MatchedRoute::of(req.extensions());
+        let route = matched.as_ref().map(crate::proxy::MatchedRoute::as_str);
+        self.resolve(route, principal.and_then(|p| p.tier.as_deref()))
+            .in_force()
+    }
+}
+
+/// What `req` is counted as under `policy`: per subject by default; per client address when the
+/// policy says so, or when nobody authenticated (no such route today). Written without the
+/// formatting machinery: this runs on every request.
+fn subject_of(limiter: &RateLimiter, policy: &Resolved, req: &Request) -> String {
     let facts = RequestFacts::of(req.extensions());
     let principal = facts.and_then(|f| f.principal.as_ref());
-    let matched = crate::proxy::MatchedRoute::of(req.extensions());
-    let route = matched.as_ref().map(crate::proxy::MatchedRoute::as_str);
-    let policy = limiter
-        .resolve(route, principal.and_then(|p| p.tier.as_deref()))
-        .in_force();
-    // Per subject by default; per client address when the policy says so, or when nobody
-    // authenticated (no such route today). Written without the formatting machinery: this runs
-    // on every request.
     let mut subject = String::with_capacity(64);
     subject.push_str(limiter.bff);
     subject.push(':');
@@ -424,20 +466,38 @@ where
             }
         }
     }
-    match limiter.decide(&subject, policy).await {
+    subject
+}
+
+/// The request once decided: passed on, its answer carrying the limit headers; or answered 429
+/// (with them) or, when the decision failed, with the failure.
+fn decided<F, Fut>(
+    decision: Result<Decision, GatewayError>,
+    policy: &Policy,
+    req: Request,
+    next: F,
+) -> impl Future<Output = Response>
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    use futures::future::Either;
+    let refused = match decision {
         Ok(d) if d.allowed => {
-            let mut res = next(req).await;
-            write_headers(res.headers_mut(), &policy.policy, &d);
-            res
+            return Either::Left(futures::FutureExt::map(next(req), move |mut res| {
+                write_headers(res.headers_mut(), policy, &d);
+                res
+            }));
         }
         Ok(d) => {
             let retry_after_secs = d.retry_after_us.div_ceil(1_000_000).max(1);
             let mut res = GatewayError::RateLimited { retry_after_secs }.into_response();
-            write_headers(res.headers_mut(), &policy.policy, &d);
+            write_headers(res.headers_mut(), policy, &d);
             res
         }
         Err(err) => err.into_response(),
-    }
+    };
+    Either::Right(std::future::ready(refused))
 }
 
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
