@@ -13,7 +13,9 @@ use axum::response::Response;
 use futures::future::BoxFuture;
 use tower::{Layer, Service};
 
-/// One step of the pipeline: does its work around `next`, the rest of the pipeline.
+/// One step of the pipeline: does its work around `next`, the rest of the pipeline. What it
+/// returns may hold `next` and borrow the stage for `'a`: a stage that must wait before calling
+/// `next` (authentication, the shared limiter) boxes that wait, with `next` inside.
 pub(crate) trait Stage: Send + Sync + 'static {
     fn run<'a, N, F>(&'a self, req: Request, next: N) -> impl Future<Output = Response> + Send + 'a
     where
