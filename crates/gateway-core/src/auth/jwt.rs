@@ -218,36 +218,42 @@ impl JwtVerifier {
         Ok(verifier)
     }
 
+    /// What can be said of `token` without verifying it: refused for its size, or its principal
+    /// from the verified-token cache (`Ok`); otherwise (`Err`) the digest to remember it under once
+    /// verified, `None` without a cache.
+    fn lookup(&self, token: &str) -> Result<Result<Principal, GatewayError>, Option<[u8; 32]>> {
+        if token.len() > self.max_token_bytes {
+            return Ok(Err(GatewayError::Unauthenticated(AuthFailure::Invalid)));
+        }
+        let Some(cache) = &self.verified else {
+            return Err(None);
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match cache.get(&digest) {
+            Some(hit) if jsonwebtoken::get_current_timestamp() < hit.exp => Ok(Ok(hit.principal)),
+            _ => Err(Some(digest)),
+        }
+    }
+
     /// What [`JwtVerifier::verify`] answers for `token` when it can answer without waiting: a
     /// refusal for its size, or its principal from the verified-token cache. `None` when the token
     /// needs full verification.
     pub(crate) fn verify_now(&self, token: &str) -> Option<Result<Principal, GatewayError>> {
-        if token.len() > self.max_token_bytes {
-            return Some(Err(GatewayError::Unauthenticated(AuthFailure::Invalid)));
-        }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let hit = self.verified.as_ref()?.get(&digest)?;
-        (jsonwebtoken::get_current_timestamp() < hit.exp).then_some(Ok(hit.principal))
+        self.lookup(token).ok()
     }
 
     /// Verifies `token` and returns its principal: from the verified-token cache when this exact
     /// token verified before and has not expired, otherwise by full verification.
     pub async fn verify(&self, token: &str) -> Result<Principal, GatewayError> {
-        if token.len() > self.max_token_bytes {
-            return Err(GatewayError::Unauthenticated(AuthFailure::Invalid));
-        }
-        let Some(cache) = &self.verified else {
-            return self.verify_uncached(token).await.map(|v| v.principal);
+        let digest = match self.lookup(token) {
+            Ok(known) => return known,
+            Err(digest) => digest,
         };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = cache.get(&digest)
-            && jsonwebtoken::get_current_timestamp() < hit.exp
-        {
-            return Ok(hit.principal);
-        }
         let verified = self.verify_uncached(token).await?;
         // A token accepted only thanks to the leeway is not remembered: the cache ends at `exp`.
-        if jsonwebtoken::get_current_timestamp() < verified.exp {
+        if let (Some(digest), Some(cache)) = (digest, &self.verified)
+            && jsonwebtoken::get_current_timestamp() < verified.exp
+        {
             cache.insert(digest, verified.clone());
         }
         Ok(verified.principal)

@@ -420,8 +420,14 @@ where
     Fut: Future<Output = Response> + Send + 'a,
 {
     use futures::future::{BoxFuture, Either};
-    let policy = limiter.policy_for(&req);
-    let subject = subject_of(limiter, policy, &req);
+    let facts = RequestFacts::of(req.extensions());
+    let principal = facts.and_then(|f| f.principal.as_ref());
+    let matched = crate::proxy::MatchedRoute::of(req.extensions());
+    let route = matched.as_ref().map(crate::proxy::MatchedRoute::as_str);
+    let policy = limiter
+        .resolve(route, principal.and_then(|p| p.tier.as_deref()))
+        .in_force();
+    let subject = subject_of(limiter.bff, policy, facts);
     match limiter.decide_now(&subject, policy) {
         Some(d) => Either::Left(decided(Ok(d), &policy.policy, req, next)),
         None => {
@@ -434,26 +440,13 @@ where
     }
 }
 
-impl RateLimiter {
-    /// The policy in force for `req`: its route's, its principal's tier's, or the default.
-    fn policy_for(&self, req: &Request) -> &Resolved {
-        let facts = RequestFacts::of(req.extensions());
-        let principal = facts.and_then(|f| f.principal.as_ref());
-        let matched = crate::proxy::MatchedRoute::of(req.extensions());
-        let route = matched.as_ref().map(crate::proxy::MatchedRoute::as_str);
-        self.resolve(route, principal.and_then(|p| p.tier.as_deref()))
-            .in_force()
-    }
-}
-
-/// What `req` is counted as under `policy`: per subject by default; per client address when the
-/// policy says so, or when nobody authenticated (no such route today). Written without the
-/// formatting machinery: this runs on every request.
-fn subject_of(limiter: &RateLimiter, policy: &Resolved, req: &Request) -> String {
-    let facts = RequestFacts::of(req.extensions());
+/// What a request with `facts` is counted as under `policy`, in `bff`: per subject by default;
+/// per client address when the policy says so, or when nobody authenticated (no such route
+/// today). Written without the formatting machinery: this runs on every request.
+fn subject_of(bff: &str, policy: &Resolved, facts: Option<&RequestFacts>) -> String {
     let principal = facts.and_then(|f| f.principal.as_ref());
     let mut subject = String::with_capacity(64);
-    subject.push_str(limiter.bff);
+    subject.push_str(bff);
     subject.push(':');
     subject.push_str(&policy.policy.name);
     subject.push(':');
