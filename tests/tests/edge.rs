@@ -589,3 +589,127 @@ async fn an_http2_stream_the_client_stops_granting_window_for_is_reset() {
     assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
     conn.abort();
 }
+
+/// Reads frames from a raw HTTP/2 connection until the server closes it or [`WAIT`] passes: the
+/// frame types seen, and whether it closed.
+async fn h2_frames_until_closed(conn: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut frames))
+        .await
+        .is_ok();
+    let mut at = 0;
+    let mut types = Vec::new();
+    while at + 9 <= frames.len() {
+        let len = usize::from(frames[at]) << 16
+            | usize::from(frames[at + 1]) << 8
+            | usize::from(frames[at + 2]);
+        types.push(frames[at + 3]);
+        at += 9 + len;
+    }
+    (types, closed)
+}
+
+#[tokio::test]
+async fn a_connection_carries_at_most_its_requests() {
+    let stack = Stack::start().await;
+    let bff = TestBff::start(&bff_mobile::BFF, &stack, |c| {
+        c.server.max_requests_per_connection = 3;
+    })
+    .await;
+    // HTTP/1.1, four requests pipelined: three answered, the third with `Connection: close`,
+    // then the connection closed with the fourth unanswered (the header timeout, 10 s, would
+    // keep it open past WAIT otherwise).
+    let request = "GET /healthz HTTP/1.1\r\nHost: bff\r\n\r\n";
+    let answers = exchange(&bff, request.repeat(4).as_bytes(), WAIT).await;
+    assert_eq!(answers.matches("http/1.1 200").count(), 3, "{answers}");
+    assert_eq!(answers.matches("connection: close").count(), 1, "{answers}");
+    let last = answers.rfind("http/1.1 200").expect("an answer");
+    assert!(answers[last..].contains("connection: close"), "{answers}");
+
+    // One at a time, the same: the first two keep the connection, the third closes it.
+    let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
+    for n in 1..=3 {
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let mut head = [0u8; 512];
+        let read = tokio::time::timeout(WAIT, conn.read(&mut head))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        let head = String::from_utf8_lossy(&head[..read]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "answer {n}: {head}");
+        assert_eq!(
+            head.contains("connection: close"),
+            n == 3,
+            "answer {n}: {head}"
+        );
+    }
+    let rest = read_for(&mut conn, WAIT).await;
+    assert!(rest.is_empty(), "{rest}");
+
+    // HTTP/2: three requests on one connection, then a GOAWAY and the connection closed (its
+    // idle bound, one to two header timeouts, would keep it open past WAIT otherwise).
+    let (mut client, h2_conn) = stingy_http2(bff.addr, 65_535).await;
+    for n in 1..=3 {
+        let healthz = axum::http::Request::get(format!("{}/healthz", bff.url))
+            .body(())
+            .expect("request");
+        let answer = h2_head(&mut client, healthz).await;
+        assert_eq!(answer.status(), StatusCode::OK, "answer {n}");
+    }
+    tokio::time::timeout(WAIT, h2_conn)
+        .await
+        .expect("the HTTP/2 connection closed after its third request")
+        .expect("the connection's task");
+    assert!(
+        client.ready().await.is_err(),
+        "the closed connection took a fourth request"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_past_its_age_is_closed() {
+    let stack = Stack::start().await;
+    let web = TestBff::start(&bff_web::BFF, &stack, |c| {
+        c.server.max_connection_age_ms = 300;
+        c.server.shutdown_grace_ms = 300;
+        c.client.events_heartbeat_secs = 1;
+    })
+    .await;
+    // HTTP/1.1: answered, then closed at its age, well before the header timeout (10 s).
+    let started = std::time::Instant::now();
+    let answer = exchange(&web, b"GET /healthz HTTP/1.1\r\nHost: bff\r\n\r\n", WAIT).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    let lived = started.elapsed();
+    assert!(lived < Duration::from_secs(3), "closed after {lived:?}");
+
+    // HTTP/2: a GOAWAY at its age, then closed.
+    let mut conn = TcpStream::connect(web.addr).await.expect("connect");
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("write");
+    let (types, closed) = h2_frames_until_closed(&mut conn).await;
+    assert!(closed, "HTTP/2: still open after {WAIT:?}");
+    assert!(types.contains(&7), "frame types {types:?}");
+
+    // An event stream on a connection past its age gets the grace period, then the connection
+    // is closed under it: without the age it would go on for as long as the client reads.
+    let token = stack.user_token("user-0042", "events:read").await;
+    let mut events = TcpStream::connect(web.addr).await.expect("connect");
+    let request =
+        format!("GET /api/events HTTP/1.1\r\nHost: bff\r\nAuthorization: Bearer {token}\r\n\r\n");
+    events.write_all(request.as_bytes()).await.expect("write");
+    let mut streamed = Vec::new();
+    let closed = tokio::time::timeout(WAIT, events.read_to_end(&mut streamed))
+        .await
+        .is_ok();
+    let streamed = String::from_utf8_lossy(&streamed).to_lowercase();
+    assert!(streamed.starts_with("http/1.1 200"), "{streamed}");
+    assert!(
+        streamed.contains("text/event-stream"),
+        "not an event stream: {streamed}"
+    );
+    assert!(
+        closed,
+        "the event stream still open after {WAIT:?}: {streamed}"
+    );
+}

@@ -13,6 +13,9 @@
 //!   long for the client to open its flow-control window; that stream alone is reset after it.
 //! - At most `server.max_connections` connections are served at once; further ones wait in the
 //!   kernel's backlog instead of costing memory.
+//! - A connection may carry at most `server.max_requests_per_connection` requests and stay open
+//!   at most `server.max_connection_age_ms` (both off by default), so that long-lived clients
+//!   spread again over the instances behind a load balancer after a scale-out.
 //! - HTTP/2: `server.http2_max_concurrent_streams` per connection, a bounded header list, and
 //!   hyper's caps on streams a client resets before they are answered (the "rapid reset" attack,
 //!   CVE-2023-44487) and on streams it makes the server reset.
@@ -68,6 +71,10 @@ pub struct Connections {
     max_headers: usize,
     max_connections: usize,
     http2_max_streams: u32,
+    /// Requests a connection may carry; `u64::MAX` for no cap.
+    max_requests: u64,
+    /// How long a connection may stay open, at most.
+    max_age: Option<Duration>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -91,6 +98,12 @@ impl Connections {
             max_headers: cfg.max_headers,
             max_connections: cfg.max_connections,
             http2_max_streams: cfg.http2_max_concurrent_streams,
+            max_requests: match cfg.max_requests_per_connection {
+                0 => u64::MAX,
+                n => n,
+            },
+            max_age: (cfg.max_connection_age_ms > 0)
+                .then(|| Duration::from_millis(cfg.max_connection_age_ms)),
             tls: cfg.tls.as_ref().map(acceptor).transpose()?,
         })
     }
@@ -126,6 +139,9 @@ impl Connections {
             http2,
             opening: self.header_read_timeout,
             send_timeout: self.send_timeout,
+            max_requests: self.max_requests,
+            max_age: self.max_age,
+            grace: self.grace,
         }
     }
 }
@@ -138,6 +154,30 @@ struct Protocols {
     opening: Duration,
     /// How long a write may wait for the client to take any of it.
     send_timeout: Duration,
+    /// Requests a connection may carry; `u64::MAX` for no cap.
+    max_requests: u64,
+    /// How long a connection may stay open, at most.
+    max_age: Option<Duration>,
+    /// How long the requests in flight on a connection past its age get to finish.
+    grace: Duration,
+}
+
+impl Protocols {
+    /// Resolves when a connection opened now has lived its age: a time drawn between 90% and
+    /// 100% of `server.max_connection_age_ms`, as gRPC's `MAX_CONNECTION_AGE` jitters it, so
+    /// that the connections a client pool opened together are not all closed together. Never
+    /// without an age.
+    fn aged(&self) -> impl Future<Output = ()> + use<> {
+        let age = self
+            .max_age
+            .map(|age| age.mul_f64(rand::random_range(0.9..=1.0)));
+        async move {
+            match age {
+                Some(age) => tokio::time::sleep(age).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
 }
 
 /// A TLS acceptor for `[server.tls]`: rustls on aws-lc-rs, TLS 1.2 and 1.3, ALPN `h2` then
@@ -281,10 +321,11 @@ impl Connection {
             send: Stall::new(self.protocols.send_timeout),
         });
         let protocols = &self.protocols;
+        let aged = protocols.aged();
         // Each connection is made where it is pinned and driven, not handed to a function that
         // drives it: an `async fn` would hold it twice, its argument and its pinned copy.
         let served = if http2 {
-            let streams = Arc::new(Streams::default());
+            let streams = Arc::new(Streams::new(protocols.max_requests));
             let service = StreamService {
                 inner: self.service,
                 streams: streams.clone(),
@@ -292,13 +333,32 @@ impl Connection {
             // Boxed: HTTP/2's state is twice HTTP/1.1's, and most connections never need it.
             let conn = Box::pin(protocols.http2.serve_connection(io, service));
             let idle = || streams.idled(protocols.opening);
-            until_drained(conn, &mut self.draining, idle).await
+            let retire = async {
+                tokio::select! {
+                    () = aged => {}
+                    () = streams.last.notified() => {}
+                }
+            };
+            let ends = Ends {
+                retire,
+                grace: protocols.grace,
+            };
+            until_drained(conn, &mut self.draining, idle, ends).await
         } else {
             // HTTP/1.1 bounds an idle connection itself: the header timeout runs while it waits
-            // for the next request's head.
-            let conn = protocols.http1.serve_connection(io, self.service);
+            // for the next request's head. It ends at its last request on its own, too: that
+            // request's answer says `Connection: close`.
+            let service = Http1Service {
+                inner: self.service,
+                left: Cell::new(protocols.max_requests),
+            };
+            let conn = protocols.http1.serve_connection(io, service);
             let idle = std::future::pending::<()>;
-            until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle).await
+            let ends = Ends {
+                retire: aged,
+                grace: protocols.grace,
+            };
+            until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle, ends).await
         };
         if let Err(err) = served {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -321,41 +381,76 @@ impl Connection {
     }
 }
 
-/// Drives `conn` to its end; once the server begins to drain, or `idle()` finds the connection
-/// idle, asks it to finish the requests it has begun and close. A connection that is idle again
-/// after that (a client that never acknowledges HTTP/2's GOAWAY) is dropped.
-async fn until_drained<C, F>(
+/// How a connection ends of itself: `retire` resolves when it has lived its age or begun its
+/// last request; its requests in flight then get `grace` to finish.
+struct Ends<R> {
+    retire: R,
+    grace: Duration,
+}
+
+/// Drives `conn` to its end; once the server begins to drain, `idle()` finds the connection
+/// idle, or the connection retires, asks it to finish the requests it has begun and close. A
+/// connection that is idle again after that (a client that never acknowledges HTTP/2's GOAWAY)
+/// is dropped, and so is a retired one whose requests are not done within the grace period (the
+/// server's own drain has its grace period for every connection at once).
+async fn until_drained<C, F, R>(
     mut conn: Pin<C>,
     draining: &mut watch::Receiver<()>,
     idle: impl Fn() -> F,
+    ends: Ends<R>,
 ) -> Result<(), hyper::Error>
 where
     C: DerefMut<Target: Drain>,
     F: Future<Output = ()>,
+    R: Future<Output = ()>,
 {
-    tokio::select! {
+    let retired = tokio::select! {
         served = conn.as_mut() => return served,
-        _ = draining.changed() => {}
-        () = idle() => {}
-    }
+        _ = draining.changed() => false,
+        () = idle() => false,
+        () = ends.retire => true,
+    };
     conn.as_mut().drain();
+    let grace = async {
+        match retired {
+            true => tokio::time::sleep(ends.grace).await,
+            false => std::future::pending().await,
+        }
+    };
     tokio::select! {
         served = conn => served,
         () = idle() => Ok(()),
+        () = grace => {
+            tracing::debug!("requests still in flight at the end of a retired connection's grace period");
+            Ok(())
+        }
     }
 }
 
 /// What an HTTP/2 connection's requests are doing, for closing it once it idles, as HTTP/1.1
-/// closes a connection that waits longer than the header timeout for a request.
-#[derive(Default)]
+/// closes a connection that waits longer than the header timeout for a request, or once it has
+/// begun as many as it may carry.
 struct Streams {
     /// Requests begun on the connection.
     begun: AtomicU64,
     /// Requests whose answers are not yet sent whole (nor given up).
     open: AtomicUsize,
+    /// Requests the connection may carry.
+    cap: u64,
+    /// Told when the last of them begins.
+    last: tokio::sync::Notify,
 }
 
 impl Streams {
+    fn new(cap: u64) -> Self {
+        Self {
+            begun: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            cap,
+            last: tokio::sync::Notify::new(),
+        }
+    }
+
     /// Resolves once no request has been open, nor begun, for a whole `period`: between one and
     /// two periods after the last answer.
     async fn idled(&self, period: Duration) {
@@ -378,8 +473,12 @@ struct Open(Arc<Streams>);
 
 impl Open {
     fn begin(streams: &Arc<Streams>) -> Self {
-        streams.begun.fetch_add(1, Ordering::Relaxed);
+        let begun = streams.begun.fetch_add(1, Ordering::Relaxed) + 1;
         streams.open.fetch_add(1, Ordering::Relaxed);
+        if begun == streams.cap {
+            // A permit is kept if the connection is not waiting for it yet.
+            streams.last.notify_one();
+        }
         Self(streams.clone())
     }
 }
@@ -519,7 +618,7 @@ trait Drain: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
 }
 
-impl<I> Drain for http1::UpgradeableConnection<I, PeerService>
+impl<I> Drain for http1::UpgradeableConnection<I, Http1Service>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -680,6 +779,52 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         self.app.clone().oneshot(req.map(Body::new))
     }
+}
+
+/// [`PeerService`] for an HTTP/1.1 connection: the answer to the last request it may carry says
+/// `Connection: close`, and hyper closes the connection once it is sent, as nginx does at
+/// `keepalive_requests`.
+struct Http1Service {
+    inner: PeerService,
+    /// Requests the connection may still carry.
+    left: Cell<u64>,
+}
+
+type Http1Answer = futures::future::Either<
+    Oneshot<App, Request>,
+    futures::future::Map<Oneshot<App, Request>, fn(Answer) -> Answer>,
+>;
+type Answer = Result<Response, Infallible>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Http1Service {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Http1Answer;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        use futures::FutureExt as _;
+        let left = self.left.get().saturating_sub(1);
+        self.left.set(left);
+        let answer = self.inner.call(req);
+        match left {
+            0 => futures::future::Either::Right(answer.map(closing as fn(Answer) -> Answer)),
+            _ => futures::future::Either::Left(answer),
+        }
+    }
+}
+
+/// The answer to a connection's last request: `Connection: close`. A switch of protocols
+/// (WebSocket) keeps its own `Connection: upgrade`: the connection is the new protocol's then.
+fn closing(answer: Answer) -> Answer {
+    answer.map(|mut res| {
+        if res.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        res
+    })
 }
 
 /// The next connection, once a slot is free. `None` after a failed accept (a client that reset

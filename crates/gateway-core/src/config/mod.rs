@@ -200,6 +200,16 @@ pub struct ServerConfig {
     pub workers: usize,
     /// HTTP/2 streams a client may open at once on one connection.
     pub http2_max_concurrent_streams: u32,
+    /// Requests one connection may carry; 0 for no cap (nginx's `keepalive_requests`, Envoy's
+    /// `max_requests_per_connection`). HTTP/1.1's last is answered with `Connection: close`;
+    /// HTTP/2's connection is sent a GOAWAY once its last has begun.
+    pub max_requests_per_connection: u64,
+    /// Longest a connection stays open, in milliseconds; 0 for no bound (nginx's
+    /// `keepalive_time`, Envoy's `max_connection_duration`). Each connection's bound is drawn
+    /// between 90% and 100% of this, so that connections opened together do not all close
+    /// together. After it the connection closes as on shutdown: at once when idle, otherwise
+    /// after the requests in flight, which get `shutdown_grace_ms` to finish.
+    pub max_connection_age_ms: u64,
     /// TLS: serve HTTPS (HTTP/2 by ALPN) with this certificate and key.
     pub tls: Option<TlsConfig>,
 }
@@ -242,6 +252,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             workers: 0,
             http2_max_concurrent_streams: 100,
+            max_requests_per_connection: 0,
+            max_connection_age_ms: 0,
             tls: None,
         }
     }
