@@ -790,10 +790,7 @@ struct Http1Service {
     left: Cell<u64>,
 }
 
-type Http1Answer = futures::future::Either<
-    Oneshot<App, Request>,
-    futures::future::Map<Oneshot<App, Request>, fn(Answer) -> Answer>,
->;
+type Http1Answer = futures::future::Map<Oneshot<App, Request>, fn(Answer) -> Answer>;
 type Answer = Result<Response, Infallible>;
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Http1Service {
@@ -805,11 +802,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Http1Service {
         use futures::FutureExt as _;
         let left = self.left.get().saturating_sub(1);
         self.left.set(left);
-        let answer = self.inner.call(req);
-        match left {
-            0 => futures::future::Either::Right(answer.map(closing as fn(Answer) -> Answer)),
-            _ => futures::future::Either::Left(answer),
-        }
+        let then: fn(Answer) -> Answer = match left {
+            0 => closing,
+            _ => std::convert::identity,
+        };
+        self.inner.call(req).map(then)
     }
 }
 
