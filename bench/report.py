@@ -33,14 +33,14 @@ def requests(name):
     return sum(load(name)["statusCodeDistribution"].values())
 
 
-def cpu_secs(name):
-    ticks, per_sec = (results / f"{name}.cpu").read_text().split()
-    return int(ticks) / int(per_sec)
+def cpu_secs(name, user_only=False):
+    ticks, per_sec, user = (results / f"{name}.cpu").read_text().split()
+    return int(user if user_only else ticks) / int(per_sec)
 
 
-def us_per_request(name):
-    """CPU time the proxy spent per request of a run, in microseconds."""
-    return cpu_secs(name) * 1e6 / max(requests(name), 1)
+def us_per_request(name, user_only=False):
+    """CPU time the proxy spent per request of a run, in microseconds (or its user-space part)."""
+    return cpu_secs(name, user_only) * 1e6 / max(requests(name), 1)
 
 
 def pct(name, p):
@@ -118,13 +118,20 @@ cpu_per_request = {
     for who in ("nginx", "gateway")
 }
 cpu_ratio = cpu_per_request["gateway"] / cpu_per_request["nginx"]
+user_per_request = {
+    who: statistics.median(us_per_request(f"tput-{who}-{r}", True) for r in range(1, rounds + 1))
+    for who in ("nginx", "gateway")
+}
 # A proxy within 10% of what the load generator reaches without one is held back by the load
 # generator: its rate then says more about the machine than about the proxy.
 load_bound = statistics.median(ng) >= 0.9 * ceiling
 w(
     f"\nCPU is the proxy's user + system time over the run, as a share of one core; per request "
     f"(median of the rounds) nginx {cpu_per_request['nginx']:.1f} µs, the gateway "
-    f"{cpu_per_request['gateway']:.1f} µs (**{cpu_ratio:.2f}×**). "
+    f"{cpu_per_request['gateway']:.1f} µs (**{cpu_ratio:.2f}×**); of which in user space nginx "
+    f"{user_per_request['nginx']:.1f} µs, the gateway {user_per_request['gateway']:.1f} µs "
+    f"(the rest is the kernel's: nginx {cpu_per_request['nginx'] - user_per_request['nginx']:.1f} µs, "
+    f"the gateway {cpu_per_request['gateway'] - user_per_request['gateway']:.1f} µs). "
     f"Load generator ceiling (wrk direct to the backend, same connections): {ceiling:,.0f} req/s"
     + (" (nginx within 10% of it: the ratio above is bound by the load generator, and CPU per request is the better comparison)" if load_bound else "")
     + f". Failed or non-200 answers in the rounds: {bad}.\n"

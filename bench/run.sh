@@ -422,24 +422,26 @@ pids_of() { # WHO: the processes whose CPU time a run is charged to
     *) echo "$BACKEND_PID" $(pgrep -P "$BACKEND_PID") ;;
   esac
 }
-ticks_of() { # PID...: user + system CPU time, in clock ticks (threads included)
-  local total=0 p
+ticks_of() { # PID...: user and system CPU time, in clock ticks (threads included)
+  local user=0 system=0 p u s
   for p in "$@"; do
-    [ -r "/proc/$p/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    [ -r "/proc/$p/stat" ] || continue
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
+    user=$((user + u)) system=$((system + s))
   done
-  echo "$total"
+  echo "$user $system"
 }
 
 # load NAME WHO TOOL URL [ARGS...]: one run of oha or wrk from the load CPUs; the report goes to
 # $WORK/results/NAME.json (oha's JSON shape, wrk's text converted to it) and the CPU time WHO
 # spent to NAME.cpu.
 load() {
-  local name=$1 who=$2 tool=$3 url=$4 before after
+  local name=$1 who=$2 tool=$3 url=$4 user0 system0 user1 system1
   shift 4
   local pids
   pids=$(pids_of "$who")
   # shellcheck disable=SC2086
-  before=$(ticks_of $pids)
+  read -r user0 system0 < <(ticks_of $pids)
   case $tool in
     oha)
       "${LOAD_PIN[@]}" oha --no-tui --output-format json --disable-compression "$@" "$url" \
@@ -463,8 +465,9 @@ PY
       ;;
   esac
   # shellcheck disable=SC2086
-  after=$(ticks_of $pids)
-  echo "$((after - before)) $CLK_TCK" >"$WORK/results/$name.cpu"
+  read -r user1 system1 < <(ticks_of $pids)
+  # Total ticks, ticks a second, and the user-space share of the total.
+  echo "$((user1 + system1 - user0 - system0)) $CLK_TCK $((user1 - user0))" >"$WORK/results/$name.cpu"
 }
 rps() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["summary"]["requestsPerSec"]))' "$WORK/results/$1.json"; }
 count_lines() { wc -l <"$WORK/backend/$1.log"; }
