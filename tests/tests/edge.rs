@@ -609,6 +609,22 @@ async fn h2_frames_until_closed(conn: &mut TcpStream) -> (Vec<u8>, bool) {
     (types, closed)
 }
 
+/// The sum of `bff_connections_retired_total` for `reason` on the BFF's `/metrics` (every test
+/// of this file shares one recorder: a lower bound for one test's own).
+async fn retired(bff: &TestBff, reason: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", bff.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let label = format!("reason=\"{reason}\"");
+    text.lines()
+        .filter(|l| l.starts_with("bff_connections_retired_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test]
 async fn a_connection_carries_at_most_its_requests() {
     let stack = Stack::start().await;
@@ -664,6 +680,8 @@ async fn a_connection_carries_at_most_its_requests() {
         client.ready().await.is_err(),
         "the closed connection took a fourth request"
     );
+    // Three connections ended at their cap, counted for operators.
+    assert!(retired(&bff, "requests").await >= 3.0);
 }
 
 #[tokio::test]
@@ -671,7 +689,7 @@ async fn a_connection_past_its_age_is_closed() {
     let stack = Stack::start().await;
     let web = TestBff::start(&bff_web::BFF, &stack, |c| {
         c.server.max_connection_age_ms = 300;
-        c.server.shutdown_grace_ms = 300;
+        c.server.shutdown_grace_ms = 1_000;
         c.client.events_heartbeat_secs = 1;
     })
     .await;
@@ -691,9 +709,22 @@ async fn a_connection_past_its_age_is_closed() {
     assert!(closed, "HTTP/2: still open after {WAIT:?}");
     assert!(types.contains(&7), "frame types {types:?}");
 
+    // A request in flight when its connection reaches its age: the answer, ready after it, says
+    // `Connection: close` (hyper writes it into an answer whose connection drains), and the
+    // connection closes once it is sent, within the grace period.
+    let token = stack
+        .user_token("user-0042", "profile:read events:read")
+        .await;
+    stack.fault("user", 600, 0.0).await;
+    let request =
+        format!("GET /api/profile HTTP/1.1\r\nHost: bff\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let answer = exchange(&web, request.as_bytes(), WAIT).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    stack.reset().await;
+
     // An event stream on a connection past its age gets the grace period, then the connection
     // is closed under it: without the age it would go on for as long as the client reads.
-    let token = stack.user_token("user-0042", "events:read").await;
     let mut events = TcpStream::connect(web.addr).await.expect("connect");
     let request =
         format!("GET /api/events HTTP/1.1\r\nHost: bff\r\nAuthorization: Bearer {token}\r\n\r\n");
@@ -712,4 +743,6 @@ async fn a_connection_past_its_age_is_closed() {
         closed,
         "the event stream still open after {WAIT:?}: {streamed}"
     );
+    // Four connections ended at their age, counted for operators.
+    assert!(retired(&web, "age").await >= 4.0);
 }

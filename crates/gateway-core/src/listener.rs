@@ -173,7 +173,10 @@ impl Protocols {
             .map(|age| age.mul_f64(rand::random_range(0.9..=1.0)));
         async move {
             match age {
-                Some(age) => tokio::time::sleep(age).await,
+                Some(age) => {
+                    tokio::time::sleep(age).await;
+                    retired("age");
+                }
                 None => std::future::pending().await,
             }
         }
@@ -347,7 +350,9 @@ impl Connection {
         } else {
             // HTTP/1.1 bounds an idle connection itself: the header timeout runs while it waits
             // for the next request's head. It ends at its last request on its own, too: that
-            // request's answer says `Connection: close`.
+            // request's answer says `Connection: close`. Past its age, hyper closes it at once
+            // when idle, or says `Connection: close` in the answer in flight if its head is not
+            // sent yet.
             let service = Http1Service {
                 inner: self.service,
                 left: Cell::new(protocols.max_requests),
@@ -476,6 +481,7 @@ impl Open {
         let begun = streams.begun.fetch_add(1, Ordering::Relaxed) + 1;
         streams.open.fetch_add(1, Ordering::Relaxed);
         if begun == streams.cap {
+            retired("requests");
             // A permit is kept if the connection is not waiting for it yet.
             streams.last.notify_one();
         }
@@ -783,15 +789,13 @@ impl hyper::service::Service<hyper::Request<Incoming>> for PeerService {
 
 /// [`PeerService`] for an HTTP/1.1 connection: the answer to the last request it may carry says
 /// `Connection: close`, and hyper closes the connection once it is sent, as nginx does at
-/// `keepalive_requests`.
+/// `keepalive_requests`. Said in the answer itself, rather than by draining the connection: an
+/// answer ready at once would otherwise be sent, unmarked, before the drain begins.
 struct Http1Service {
     inner: PeerService,
     /// Requests the connection may still carry.
     left: Cell<u64>,
 }
-
-type Http1Answer = futures::future::Map<Oneshot<App, Request>, fn(Answer) -> Answer>;
-type Answer = Result<Response, Infallible>;
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Http1Service {
     type Response = Response;
@@ -799,29 +803,54 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Http1Service {
     type Future = Http1Answer;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
-        use futures::FutureExt as _;
-        let left = self.left.get().saturating_sub(1);
-        self.left.set(left);
-        let then: fn(Answer) -> Answer = match left {
-            0 => closing,
-            _ => std::convert::identity,
-        };
-        self.inner.call(req).map(then)
+        let left = self.left.get();
+        self.left.set(left.saturating_sub(1));
+        if left == 1 {
+            retired("requests");
+        }
+        Http1Answer {
+            // The last, or (pipelined) one read after it.
+            last: left <= 1,
+            answer: self.inner.call(req),
+        }
     }
+}
+
+/// The answer to one HTTP/1.1 request, closing the connection when it is its last.
+struct Http1Answer {
+    answer: Oneshot<App, Request>,
+    last: bool,
+}
+
+impl Future for Http1Answer {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let answer = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        Poll::Ready(match this.last {
+            true => answer.map(closing),
+            false => answer,
+        })
+    }
+}
+
+/// Counts a connection that ends of itself, by `reason`: `requests` (it began the last it may
+/// carry) or `age`.
+fn retired(reason: &'static str) {
+    metrics::counter!("bff_connections_retired_total", "reason" => reason).increment(1);
 }
 
 /// The answer to a connection's last request: `Connection: close`. A switch of protocols
 /// (WebSocket) keeps its own `Connection: upgrade`: the connection is the new protocol's then.
-fn closing(answer: Answer) -> Answer {
-    answer.map(|mut res| {
-        if res.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
-            res.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-        }
-        res
-    })
+fn closing(mut res: Response) -> Response {
+    if res.status() != axum::http::StatusCode::SWITCHING_PROTOCOLS {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 /// The next connection, once a slot is free. `None` after a failed accept (a client that reset
