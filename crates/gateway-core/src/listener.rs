@@ -347,12 +347,21 @@ impl Connection {
                 grace: protocols.grace,
             };
             until_drained(conn, &mut self.draining, idle, ends).await
-        } else {
+        } else if protocols.max_requests == u64::MAX {
             // HTTP/1.1 bounds an idle connection itself: the header timeout runs while it waits
-            // for the next request's head. It ends at its last request on its own, too: that
-            // request's answer says `Connection: close`. Past its age, hyper closes it at once
-            // when idle, or says `Connection: close` in the answer in flight if its head is not
-            // sent yet.
+            // for the next request's head. Past its age, hyper closes it at once when idle, or
+            // says `Connection: close` in the answer in flight if its head is not sent yet.
+            // Without a cap on its requests, hyper calls the application as it is: its HTTP/1.1
+            // dispatcher, generic over the service, is then compiled as it always was.
+            let conn = protocols.http1.serve_connection(io, self.service);
+            let idle = std::future::pending::<()>;
+            let ends = Ends {
+                retire: aged,
+                grace: protocols.grace,
+            };
+            until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle, ends).await
+        } else {
+            // With a cap, its last request's answer says `Connection: close`.
             let service = Http1Service {
                 inner: self.service,
                 left: Cell::new(protocols.max_requests),
@@ -622,6 +631,15 @@ where
 /// A served connection that can be asked to close once its requests in flight are answered.
 trait Drain: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
+}
+
+impl<I> Drain for http1::UpgradeableConnection<I, PeerService>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn drain(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 impl<I> Drain for http1::UpgradeableConnection<I, Http1Service>
