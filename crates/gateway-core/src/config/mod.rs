@@ -202,7 +202,8 @@ pub struct ServerConfig {
     pub http2_max_concurrent_streams: u32,
     /// Requests one connection may carry; 0 for no cap (nginx's `keepalive_requests`, Envoy's
     /// `max_requests_per_connection`). HTTP/1.1's last is answered with `Connection: close`;
-    /// HTTP/2's connection is sent a GOAWAY once its last has begun.
+    /// HTTP/2's connection is sent a GOAWAY once its last has begun, and the requests it has
+    /// begun get `shutdown_grace_ms` to finish.
     pub max_requests_per_connection: u64,
     /// Longest a connection stays open, in milliseconds; 0 for no bound (nginx's
     /// `keepalive_time`, Envoy's `max_connection_duration`). Each connection's bound is drawn
