@@ -386,14 +386,29 @@ async fn idle_kept_alive_connections_are_closed() {
     // in flight holds its place under the connection cap no longer than an idle HTTP/1.1 one.
     // The client acknowledges nothing (not the server's SETTINGS, nor a PING): the server may not
     // wait on it to close.
+    silent_http2_goes_away(&bff).await;
+}
+
+/// Opens a raw HTTP/2 connection (the preface and an empty SETTINGS frame) and sends nothing
+/// more: the server must close it within [`WAIT`], its last frames including a GOAWAY (type 7),
+/// so that a client knows which requests were served.
+async fn silent_http2_goes_away(bff: &TestBff) {
     let mut conn = TcpStream::connect(bff.addr).await.expect("connect");
     conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .expect("write");
+    let (types, closed) = h2_frames_until_closed(&mut conn).await;
+    assert!(closed, "HTTP/2: still open after {WAIT:?}");
+    assert!(types.contains(&7), "frame types {types:?}");
+}
+
+/// Reads frames from a raw HTTP/2 connection until the server closes it or [`WAIT`] passes: the
+/// frame types seen, and whether it closed.
+async fn h2_frames_until_closed(conn: &mut TcpStream) -> (Vec<u8>, bool) {
     let mut frames = Vec::new();
-    let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut frames)).await;
-    assert!(closed.is_ok(), "HTTP/2: still open after {WAIT:?}");
-    // Its last frames include a GOAWAY (type 7), so a client knows which requests were served.
+    let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut frames))
+        .await
+        .is_ok();
     let mut at = 0;
     let mut types = Vec::new();
     while at + 9 <= frames.len() {
@@ -403,7 +418,7 @@ async fn idle_kept_alive_connections_are_closed() {
         types.push(frames[at + 3]);
         at += 9 + len;
     }
-    assert!(types.contains(&7), "frame types {types:?}");
+    (types, closed)
 }
 
 #[tokio::test]
@@ -590,25 +605,6 @@ async fn an_http2_stream_the_client_stops_granting_window_for_is_reset() {
     conn.abort();
 }
 
-/// Reads frames from a raw HTTP/2 connection until the server closes it or [`WAIT`] passes: the
-/// frame types seen, and whether it closed.
-async fn h2_frames_until_closed(conn: &mut TcpStream) -> (Vec<u8>, bool) {
-    let mut frames = Vec::new();
-    let closed = tokio::time::timeout(WAIT, conn.read_to_end(&mut frames))
-        .await
-        .is_ok();
-    let mut at = 0;
-    let mut types = Vec::new();
-    while at + 9 <= frames.len() {
-        let len = usize::from(frames[at]) << 16
-            | usize::from(frames[at + 1]) << 8
-            | usize::from(frames[at + 2]);
-        types.push(frames[at + 3]);
-        at += 9 + len;
-    }
-    (types, closed)
-}
-
 /// The sum of `bff_connections_retired_total` for `reason` on the BFF's `/metrics` (every test
 /// of this file shares one recorder: a lower bound for one test's own).
 async fn retired(bff: &TestBff, reason: &str) -> f64 {
@@ -700,14 +696,9 @@ async fn a_connection_past_its_age_is_closed() {
     let lived = started.elapsed();
     assert!(lived < Duration::from_secs(3), "closed after {lived:?}");
 
-    // HTTP/2: a GOAWAY at its age, then closed.
-    let mut conn = TcpStream::connect(web.addr).await.expect("connect");
-    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .expect("write");
-    let (types, closed) = h2_frames_until_closed(&mut conn).await;
-    assert!(closed, "HTTP/2: still open after {WAIT:?}");
-    assert!(types.contains(&7), "frame types {types:?}");
+    // HTTP/2: a GOAWAY at its age, then closed (the idle bound, one to two header timeouts,
+    // would come after WAIT).
+    silent_http2_goes_away(&web).await;
 
     // A request in flight when its connection reaches its age: the answer, ready after it, says
     // `Connection: close` (hyper writes it into an answer whose connection drains), and the
