@@ -633,18 +633,12 @@ trait Drain: Future<Output = Result<(), hyper::Error>> {
     fn drain(self: Pin<&mut Self>);
 }
 
-impl<I> Drain for http1::UpgradeableConnection<I, PeerService>
+/// HTTP/1.1, whichever service answers: the application's, or [`Http1Service`] under a cap.
+impl<I, S> Drain for http1::UpgradeableConnection<I, S>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    fn drain(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-impl<I> Drain for http1::UpgradeableConnection<I, Http1Service>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     fn drain(self: Pin<&mut Self>) {
         self.graceful_shutdown();
