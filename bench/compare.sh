@@ -31,7 +31,7 @@ WRAP_AFTER=()
 # shellcheck source=bench/pair.sh
 source "$(dirname "$0")/pair.sh"
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # user and system CPU time, in clock ticks
 ENCODING=()
 [ -z "$ACCEPT_ENCODING" ] || ENCODING=(-H "Accept-Encoding: $ACCEPT_ENCODING")
 run() { # PORT SECONDS: requests per second
@@ -50,22 +50,31 @@ run "$P_BEFORE" 2 >/dev/null
 run "$P_AFTER" 2 >/dev/null
 
 CLK=$(getconf CLK_TCK)
-echo "| round | before req/s | after req/s | after / before | before CPU µs/req | after CPU µs/req |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| round | before req/s | after req/s | after / before | before CPU µs/req (user space) | after CPU µs/req (user space) | CPU after / before | user space after / before |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 RATIOS=()
+CPU_RATIOS=()
+USER_RATIOS=()
 for r in $(seq "$ROUNDS"); do
-  t0=$(ticks "$PID_BEFORE"); a=$(run "$P_BEFORE" "$DURATION"); t1=$(ticks "$PID_BEFORE")
-  t2=$(ticks "$PID_AFTER"); b=$(run "$P_AFTER" "$DURATION"); t3=$(ticks "$PID_AFTER")
+  read -r u0 s0 < <(ticks "$PID_BEFORE"); a=$(run "$P_BEFORE" "$DURATION"); read -r u1 s1 < <(ticks "$PID_BEFORE")
+  read -r u2 s2 < <(ticks "$PID_AFTER"); b=$(run "$P_AFTER" "$DURATION"); read -r u3 s3 < <(ticks "$PID_AFTER")
   line=$(python3 -c "
 a, b, d, clk = $a, $b, $DURATION, $CLK
-ca = ($t1 - $t0) / clk * 1e6 / (a * d)
-cb = ($t3 - $t2) / clk * 1e6 / (b * d)
-print(f'| $r | {a:,.0f} | {b:,.0f} | {b / a:.2f}× | {ca:.1f} | {cb:.1f} |')
-print(b / a)")
+per = lambda ticks, rate: ticks / clk * 1e6 / (rate * d)
+ca, ua = per($u1 + $s1 - $u0 - $s0, a), per($u1 - $u0, a)
+cb, ub = per($u3 + $s3 - $u2 - $s2, b), per($u3 - $u2, b)
+print(f'| $r | {a:,.0f} | {b:,.0f} | {b / a:.2f}× | {ca:.1f} ({ua:.1f}) | {cb:.1f} ({ub:.1f}) | {cb / ca:.2f}× | {ub / ua:.2f}× |')
+print(b / a, cb / ca, ub / ua)")
   echo "$line" | head -1
-  RATIOS+=("$(echo "$line" | tail -1)")
+  read -r ratio cpu_ratio user_ratio <<<"$(echo "$line" | tail -1)"
+  RATIOS+=("$ratio")
+  CPU_RATIOS+=("$cpu_ratio")
+  USER_RATIOS+=("$user_ratio")
 done
-python3 -c "import statistics, sys; print(f'| median | | | **{statistics.median(map(float, sys.argv[1:])):.2f}×** | | |')" "${RATIOS[@]}"
+python3 -c "import statistics, sys
+n = (len(sys.argv) - 1) // 3
+med = lambda i: f'**{statistics.median(map(float, sys.argv[1 + i * n:1 + (i + 1) * n])):.2f}×**'
+print(f'| median | | | {med(0)} | | | {med(1)} | {med(2)} |')" "${RATIOS[@]}" "${CPU_RATIOS[@]}" "${USER_RATIOS[@]}"
 hwm() { awk '/^VmHWM/ { printf "%.1f MB", $2 / 1024 }' "/proc/$1/status"; }
 echo
 echo "Peak RSS (VmHWM) of each gateway over the run: before $(hwm "$PID_BEFORE"), after $(hwm "$PID_AFTER")."
