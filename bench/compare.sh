@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Two builds of the gateway side by side, in one run: the throughput and CPU per request of
-# each on the pass-through route (or, with ROUTE=profile, the mobile profile's three gRPC calls),
+# Two builds of the gateway side by side, in one run: the throughput and CPU per request (and its
+# user-space part) of each on the pass-through route (or, with ROUTE=profile, the mobile profile's three gRPC calls),
 # interleaved round by round, and their ratio. For judging a change against the
 # build before it on a noisy machine. See BENCHMARKS.md.
 #
