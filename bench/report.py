@@ -34,8 +34,14 @@ def requests(name):
 
 
 def cpu_secs(name, user_only=False):
-    ticks, per_sec, user = (results / f"{name}.cpu").read_text().split()
+    ticks, per_sec, user, _ = (results / f"{name}.cpu").read_text().split()
     return int(user if user_only else ticks) / int(per_sec)
+
+
+def ns_per_request(name):
+    """Time on a CPU per request of a run, in microseconds, from the scheduler's nanoseconds."""
+    ns = int((results / f"{name}.cpu").read_text().split()[3])
+    return ns / 1e3 / max(requests(name), 1)
 
 
 def us_per_request(name, user_only=False):
@@ -184,7 +190,9 @@ w(
     f"costs on this host while the proxy's core idles: direct p50 {one:.2f} ms, through nginx "
     f"{hop['nginx']:.2f} ms ({hop['nginx'] - one:+.2f} ms), through the gateway's pass-through "
     f"{hop['gateway']:.2f} ms ({hop['gateway'] - one:+.2f} ms). The fan-out over one part through nginx: "
-    f"{fan_p50 - hop['nginx']:+.2f} ms.\n"
+    f"{fan_p50 - hop['nginx']:+.2f} ms. The proxy's CPU a request meanwhile, on a core that idles between "
+    f"requests: nginx {ns_per_request('part-nginx'):.0f} µs, the gateway {ns_per_request('part-gateway'):.0f} µs "
+    f"({ns_per_request('part-gateway') / ns_per_request('part-nginx'):.2f}×).\n"
 )
 meta_t = json.loads((results / "fanout-meta.json").read_text())
 w(
