@@ -422,7 +422,10 @@ pids_of() { # WHO: the processes whose CPU time a run is charged to
     *) echo "$BACKEND_PID" $(pgrep -P "$BACKEND_PID") ;;
   esac
 }
-run_ns_of() { # PID...: time on a CPU, in nanoseconds (every thread's, from the scheduler's count)
+# PID...: time on a CPU, in nanoseconds, summed over the threads alive (from the scheduler's count).
+# A thread that ends takes its time with it: the report reads it only for the one-at-a-time hop,
+# whose proxies start and end no thread.
+run_ns_of() {
   local total=0 p t ns
   for p in "$@"; do
     for t in /proc/"$p"/task/*/schedstat; do
