@@ -347,32 +347,29 @@ impl Connection {
                 grace: protocols.grace,
             };
             until_drained(conn, &mut self.draining, idle, ends).await
-        } else if protocols.max_requests == u64::MAX {
+        } else {
             // HTTP/1.1 bounds an idle connection itself: the header timeout runs while it waits
             // for the next request's head. Past its age, hyper closes it at once when idle, or
             // says `Connection: close` in the answer in flight if its head is not sent yet.
-            // Without a cap on its requests, hyper calls the application as it is: its HTTP/1.1
-            // dispatcher, generic over the service, is then compiled as it always was.
-            let conn = protocols.http1.serve_connection(io, self.service);
             let idle = std::future::pending::<()>;
             let ends = Ends {
                 retire: aged,
                 grace: protocols.grace,
             };
-            until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle, ends).await
-        } else {
-            // With a cap, its last request's answer says `Connection: close`.
-            let service = Http1Service {
-                inner: self.service,
-                left: Cell::new(protocols.max_requests),
-            };
-            let conn = protocols.http1.serve_connection(io, service);
-            let idle = std::future::pending::<()>;
-            let ends = Ends {
-                retire: aged,
-                grace: protocols.grace,
-            };
-            until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle, ends).await
+            if protocols.max_requests == u64::MAX {
+                // Without a cap on its requests, hyper calls the application as it is: its
+                // HTTP/1.1 dispatcher, generic over the service, is then compiled as it always was.
+                let conn = protocols.http1.serve_connection(io, self.service);
+                until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle, ends).await
+            } else {
+                // With a cap, its last request's answer says `Connection: close`.
+                let service = Http1Service {
+                    inner: self.service,
+                    left: Cell::new(protocols.max_requests),
+                };
+                let conn = protocols.http1.serve_connection(io, service);
+                until_drained(pin!(conn.with_upgrades()), &mut self.draining, idle, ends).await
+            }
         };
         if let Err(err) = served {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
