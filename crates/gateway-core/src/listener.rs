@@ -318,11 +318,11 @@ impl Connection {
             }
         };
         let http2 = opening.is_http2_preface();
-        let io = TokioIo::new(ClientIo {
+        let io = TokioIo::new(ClientIo::new(
             opening,
             io,
-            send: Stall::new(self.protocols.send_timeout),
-        });
+            Stall::new(self.protocols.send_timeout),
+        ));
         let protocols = &self.protocols;
         let aged = protocols.aged();
         // Each connection is made where it is pinned and driven, not handed to a function that
@@ -704,6 +704,20 @@ struct ClientIo<I> {
     io: I,
     /// The send timeout.
     send: Stall,
+    /// An error of the read that followed the opening's bytes into the same buffer, returned by
+    /// the next read: those bytes are handed on first.
+    deferred: Option<std::io::Error>,
+}
+
+impl<I> ClientIo<I> {
+    fn new(opening: Opening, io: I, send: Stall) -> Self {
+        Self {
+            opening,
+            io,
+            send,
+            deferred: None,
+        }
+    }
 }
 
 impl<I> ClientIo<I> {
@@ -735,6 +749,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if let Some(err) = this.deferred.take() {
+            return Poll::Ready(Err(err));
+        }
         let rest = this.opening.rest();
         if rest.is_empty() {
             return Pin::new(&mut this.io).poll_read(cx, buf);
@@ -742,6 +759,17 @@ impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
         let n = rest.len().min(buf.remaining());
         buf.put_slice(&rest[..n]);
         this.opening.given += u8::try_from(n).expect("at most the preface's 24 bytes");
+        // What the client sent after the opening, already here, comes in the same read: HTTP/1.1
+        // then finds the whole head at once. Handed the opening alone, it makes room for the
+        // rest behind those bytes, and its read buffer doubles from 8 to 16 KB, which the
+        // connection keeps while it lives. Pending leaves the waker with the connection, as the
+        // next read would.
+        if this.opening.rest().is_empty()
+            && buf.remaining() > 0
+            && let Poll::Ready(Err(err)) = Pin::new(&mut this.io).poll_read(cx, buf)
+        {
+            this.deferred = Some(err);
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -879,5 +907,82 @@ async fn accept(
             tokio::time::sleep(Duration::from_millis(50)).await;
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const REQUEST: &[u8] = b"GET /api/catalog/items HTTP/1.1\r\nHost: gateway\r\n\r\n";
+
+    fn client_io<I>(opening: Opening, io: I) -> ClientIo<I> {
+        ClientIo::new(opening, io, Stall::new(Duration::from_secs(5)))
+    }
+
+    #[tokio::test]
+    async fn the_opening_and_what_followed_it_come_in_one_read() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(REQUEST).await.expect("write");
+        let opening = Opening::read(&mut server)
+            .await
+            .expect("read")
+            .expect("an opening");
+        assert!(!opening.is_http2_preface());
+        let mut io = client_io(opening, server);
+        let mut buf = vec![0; 8192];
+        let n = io.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], REQUEST, "one read, the whole head");
+    }
+
+    #[tokio::test]
+    async fn the_opening_alone_when_nothing_followed_it_yet() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(&REQUEST[..30]).await.expect("write");
+        let opening = Opening::read(&mut server)
+            .await
+            .expect("read")
+            .expect("an opening");
+        let mut io = client_io(opening, server);
+        let mut buf = vec![0; 8192];
+        let n = io.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], &REQUEST[..30], "the opening and what was there");
+        client.write_all(&REQUEST[30..]).await.expect("write");
+        let m = io.read(&mut buf[n..]).await.expect("read");
+        assert_eq!(&buf[..n + m], REQUEST, "the rest on the next read");
+    }
+
+    /// A connection that fails on every read.
+    struct Failing;
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionReset)))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_after_the_opening_comes_after_its_bytes() {
+        let mut bytes = [0; PREFACE.len()];
+        bytes.copy_from_slice(&REQUEST[..PREFACE.len()]);
+        let opening = Opening {
+            bytes,
+            len: 24,
+            given: 0,
+        };
+        let mut io = client_io(opening, Failing);
+        let mut buf = vec![0; 8192];
+        let n = io.read(&mut buf).await.expect("the opening's bytes first");
+        assert_eq!(&buf[..n], &REQUEST[..PREFACE.len()]);
+        let err = io.read(&mut buf).await.expect_err("then the error");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
     }
 }
