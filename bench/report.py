@@ -243,6 +243,15 @@ if h2:
         f"The gateway speaking HTTP/2 to the backend used {high_h2['connections']:,} upstream connections "
         f"for its {meta['high_conns']:,}; failed: {failures('high-h2')}."
     )
+# Idle keep-alive connections, measured on each proxy before any load.
+idle_kb = lambda who: (meta[f"{who}idle_with_kb"] - meta[f"{who}idle_before_kb"]) / meta["idle_conns"]
+w(
+    f"\n{meta['idle_conns']:,} idle keep-alive connections, each left open after one request, before any load: "
+    f"the gateway {mb(meta['idle_before_kb']):.1f} → {mb(meta['idle_with_kb']):.1f} MB, "
+    f"**{idle_kb(''):.1f} KB a connection**; nginx {mb(meta['nginx_idle_before_kb']):.1f} → "
+    f"{mb(meta['nginx_idle_with_kb']):.1f} MB, {idle_kb('nginx_'):.1f} KB a connection; "
+    f"failed: {meta['idle_failed']} and {meta['nginx_idle_failed']}."
+)
 w("")
 
 # --- reuse ---

@@ -35,6 +35,7 @@ ACCESS_LOG=${ACCESS_LOG:-0}
 ALLOCATORS=${ALLOCATORS:-0}
 ALLOCATOR=${ALLOCATOR:-system}
 H2=${H2:-1}
+IDLE_CONNS=${IDLE_CONNS:-1000}
 case "$ALLOCATOR" in
   system) ALLOCATOR_FLAGS=(--no-default-features) ;;
   mimalloc) ALLOCATOR_FLAGS=(--features mimalloc) ;;
@@ -100,7 +101,9 @@ else
 fi
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-[ "$(ulimit -n)" -ge $((HIGH_CONNS * 3)) ] || die "open-file limit $(ulimit -n) is too low for $HIGH_CONNS connections"
+[[ "$IDLE_CONNS" =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS: a number of connections, at least 1"
+MOST_CONNS=$((HIGH_CONNS > IDLE_CONNS ? HIGH_CONNS : IDLE_CONNS))
+[ "$(ulimit -n)" -ge $((MOST_CONNS * 3)) ] || die "open-file limit $(ulimit -n) is too low for $MOST_CONNS connections"
 
 WORK=$(mktemp -d -t bff-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -499,6 +502,53 @@ H2_RSS_IDLE_KB=0
 # shellcheck disable=SC2046
 NGINX_RSS_IDLE_KB=$(rss_total_kb $(pids_of nginx))
 
+# Idle keep-alive connections, each left open after one request through the proxy (a client
+# between requests): what one costs the proxy in memory, from its RSS before they opened and with
+# them open. Measured on both proxies before any load, while the allocator holds no memory freed
+# by earlier requests that would absorb the growth.
+idle_keepalive() { # URL HEADER PID...: "rss_before_kb rss_with_kb failed" on stdout
+  local url=$1 header=$2
+  shift 2
+  "${LOAD_PIN[@]}" python3 - "$url" "$header" "$IDLE_CONNS" "$@" <<'EOF'
+import socket, sys, time, urllib.parse
+url, header, n, pids = urllib.parse.urlsplit(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+def rss():
+    return sum(int(l.split()[1]) for p in pids for l in open(f"/proc/{p}/status") if l.startswith("VmRSS:"))
+lines = [f"GET {url.path} HTTP/1.1", f"Host: {url.netloc}"] + ([header] if header else [])
+request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+def answered(s):  # one whole answer (by its Content-Length), and whether it is a 200
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            return False
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    fields = head.decode("latin-1").split("\r\n")
+    length = next(int(f.split(":", 1)[1]) for f in fields if f.lower().startswith("content-length:"))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        if not chunk:
+            return False
+        body += chunk
+    return fields[0].split()[1] == "200"
+before, socks, failed = rss(), [], 0
+for _ in range(n):
+    s = socket.create_connection((url.hostname, url.port))
+    s.sendall(request)
+    failed += not answered(s)
+    socks.append(s)
+time.sleep(1)
+print(before, rss(), failed)
+for s in socks:
+    s.close()
+EOF
+}
+log "memory of $IDLE_CONNS idle keep-alive connections: nginx, then the gateway"
+# shellcheck disable=SC2046
+read -r NGINX_IDLE_BEFORE_KB NGINX_IDLE_WITH_KB NGINX_IDLE_FAILED < <(idle_keepalive "$NGINX_URL" "" $(pids_of nginx))
+read -r IDLE_BEFORE_KB IDLE_WITH_KB IDLE_FAILED < <(idle_keepalive "$GW_URL" "$AUTH" "$GW_PID")
+
 log "warm-up, and the load generator's ceiling (direct to the backend)"
 load direct-max direct wrk "$DIRECT_URL" -d "${DURATION}s" -c "$CONNS"
 load warm-nginx nginx wrk "$NGINX_URL" -d 2s -c "$CONNS"
@@ -665,6 +715,8 @@ python3 "$BENCH/report.py" "$WORK/results" <<EOF | tee ${OUT:+"$OUT"}
  "nginx_rss_idle_kb": $NGINX_RSS_IDLE_KB, "nginx_rss_loaded_kb": $NGINX_RSS_LOADED_KB,
  "alt_rss_idle_kb": $ALT_RSS_IDLE_KB, "alt_rss_loaded_kb": $ALT_RSS_LOADED_KB,
  "h2": $H2, "h2_rss_idle_kb": $H2_RSS_IDLE_KB, "h2_rss_loaded_kb": $H2_RSS_LOADED_KB,
+ "idle_conns": $IDLE_CONNS, "idle_before_kb": $IDLE_BEFORE_KB, "idle_with_kb": $IDLE_WITH_KB, "idle_failed": $IDLE_FAILED,
+ "nginx_idle_before_kb": $NGINX_IDLE_BEFORE_KB, "nginx_idle_with_kb": $NGINX_IDLE_WITH_KB, "nginx_idle_failed": $NGINX_IDLE_FAILED,
  "rss_idle_kb": $RSS_IDLE_KB, "rss_loaded_kb": $RSS_LOADED_KB, "rss_after_kb": $RSS_AFTER_KB,
  "machine": $machine_json}
 EOF
