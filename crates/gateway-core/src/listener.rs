@@ -718,9 +718,7 @@ impl<I> ClientIo<I> {
             deferred: None,
         }
     }
-}
 
-impl<I> ClientIo<I> {
     /// `write` on the connection; while it waits for the client, for at most the send timeout.
     fn bounded<T>(
         &mut self,
@@ -975,7 +973,7 @@ mod tests {
         bytes.copy_from_slice(&REQUEST[..PREFACE.len()]);
         let opening = Opening {
             bytes,
-            len: 24,
+            len: u8::try_from(PREFACE.len()).expect("24 bytes"),
             given: 0,
         };
         let mut io = client_io(opening, Failing);
