@@ -516,7 +516,7 @@ def rss():
     return sum(int(l.split()[1]) for p in pids for l in open(f"/proc/{p}/status") if l.startswith("VmRSS:"))
 lines = [f"GET {url.path} HTTP/1.1", f"Host: {url.netloc}"] + ([header] if header else [])
 request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-def answered(s):  # one whole answer (by its Content-Length), and whether it is a 200
+def answered(s):  # one whole 200 answer, read to the end of its Content-Length
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
@@ -525,7 +525,9 @@ def answered(s):  # one whole answer (by its Content-Length), and whether it is 
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
     fields = head.decode("latin-1").split("\r\n")
-    length = next(int(f.split(":", 1)[1]) for f in fields if f.lower().startswith("content-length:"))
+    length = next((int(f.split(":", 1)[1]) for f in fields if f.lower().startswith("content-length:")), None)
+    if length is None:  # an answer of another shape counts as failed, not as a crash of the run
+        return False
     while len(body) < length:
         chunk = s.recv(65536)
         if not chunk:
