@@ -233,7 +233,8 @@ w(
 )
 high_up = json.loads((results / "reuse-high.json").read_text())["gateway"]
 w(
-    f"\nThe gateway's RSS a second after the connections closed: {mb(meta['rss_after_kb']):.1f} MB. Client connections "
+    f"\nThe gateway's RSS a second after the connections closed: {mb(meta['rss_after_kb']):.1f} MB; "
+    f"{meta['later_secs']} s after, idle meanwhile: {mb(meta['rss_later_kb']):.1f} MB. Client connections "
     f"seen open at once: {meta['high_open']:,}; upstream connections the gateway used meanwhile: "
     f"{high_up['connections']:,}; failed: {failures('high-gateway')}."
 )

@@ -684,7 +684,11 @@ read -r RSS_LOADED_KB HIGH_OPEN < <(high_conns gateway "$P_GW" "$GW_URL" -H "$AU
 reuse_since "$LINES_BEFORE" >"$WORK/results/reuse-high.json"
 sleep 1
 RSS_AFTER_KB=$(rss_kb "$GW_PID")
+CLOSED_AT=$SECONDS
 read -r NGINX_RSS_LOADED_KB _ < <(high_conns nginx "$P_NGINX" "$NGINX_URL")
+# The gateway idled meanwhile, as after a burst: what it gave back to the system.
+RSS_LATER_KB=$(rss_kb "$GW_PID")
+LATER_SECS=$((SECONDS - CLOSED_AT + 1))
 ALT_RSS_LOADED_KB=0
 [ -z "$ALT_PID" ] || read -r ALT_RSS_LOADED_KB _ < <(high_conns alt "$P_GW2" "$GW2_URL" -H "$AUTH")
 H2_RSS_LOADED_KB=0
@@ -720,5 +724,6 @@ python3 "$BENCH/report.py" "$WORK/results" <<EOF | tee ${OUT:+"$OUT"}
  "idle_conns": $IDLE_CONNS, "idle_before_kb": $IDLE_BEFORE_KB, "idle_with_kb": $IDLE_WITH_KB, "idle_failed": $IDLE_FAILED,
  "nginx_idle_before_kb": $NGINX_IDLE_BEFORE_KB, "nginx_idle_with_kb": $NGINX_IDLE_WITH_KB, "nginx_idle_failed": $NGINX_IDLE_FAILED,
  "rss_idle_kb": $RSS_IDLE_KB, "rss_loaded_kb": $RSS_LOADED_KB, "rss_after_kb": $RSS_AFTER_KB,
+ "rss_later_kb": $RSS_LATER_KB, "later_secs": $LATER_SECS,
  "machine": $machine_json}
 EOF

@@ -47,6 +47,11 @@ fn a_bad_configuration_exits_64_naming_the_key() {
 }
 
 async fn spawn(config: &std::path::Path) -> (Process, String) {
+    spawn_with(config, &[]).await
+}
+
+/// [`spawn`] with `env` set for the process.
+async fn spawn_with(config: &std::path::Path, env: &[(&str, &str)]) -> (Process, String) {
     let listen = format!("127.0.0.1:{}", free_port());
     let bff = Process::spawn(
         BIN,
@@ -56,7 +61,7 @@ async fn spawn(config: &std::path::Path) -> (Process, String) {
             "--listen",
             &listen,
         ],
-        &[],
+        env,
     );
     wait_healthy(&format!("http://{listen}/readyz"), Duration::from_secs(10)).await;
     (bff, format!("http://{listen}"))
@@ -94,6 +99,31 @@ fn threads(pid: u32) -> Vec<String> {
     names
 }
 
+/// The name jemalloc gives the thread that returns freed memory to the system.
+#[cfg(target_os = "linux")]
+const ALLOCATOR_THREAD: &str = "jemalloc_bg_thd";
+
+/// jemalloc returns freed memory from one background thread of its own, as the workspace's build
+/// settings (`.cargo/config.toml`) tell it, and `_RJEM_MALLOC_CONF` at start overrides them.
+#[cfg(all(target_os = "linux", feature = "jemalloc", not(feature = "mimalloc")))]
+#[tokio::test]
+async fn jemalloc_returns_memory_from_one_background_thread_unless_told_otherwise() {
+    let stack = Stack::start().await;
+    let token = stack.user_token("user-0042", "profile:read").await;
+    let config = stack.config_file(&bff_mobile::BFF, |_| {});
+    for (env, expected) in [
+        (&[][..], 1),
+        (&[("_RJEM_MALLOC_CONF", "background_thread:false")][..], 0),
+    ] {
+        let (mut bff, url) = spawn_with(&config, env).await;
+        assert_eq!(profile(&url, &token).await, StatusCode::OK, "{env:?}");
+        let names = threads(bff.child.id());
+        let allocator = names.iter().filter(|n| *n == ALLOCATOR_THREAD).count();
+        assert_eq!(allocator, expected, "{env:?}: {names:?}");
+        assert_eq!(bff.terminate(), Some(0), "{env:?}");
+    }
+}
+
 /// `server.workers = 1` serves everything, an aggregated route included, on the one thread of a
 /// single-threaded runtime and still drains on SIGTERM; three workers are three runtime threads
 /// beside the main one. The only other thread folds latency samples into the metrics.
@@ -110,10 +140,11 @@ async fn server_workers_sets_the_runtime_threads() {
             StatusCode::OK,
             "workers = {workers}"
         );
-        let names = threads(bff.child.id());
+        let mut names = threads(bff.child.id());
+        names.retain(|n| n != ALLOCATOR_THREAD);
         let runtime = names.iter().filter(|n| n.starts_with("tokio")).count();
         assert_eq!(runtime, runtime_threads, "workers = {workers}: {names:?}");
-        // Beside them: the main thread and the metrics upkeep's.
+        // Beside them: the main thread and the metrics upkeep's (and the allocator's, below).
         assert!(names.iter().any(|n| n == "bff-metrics"), "{names:?}");
         assert_eq!(names.len(), runtime_threads + 2, "{names:?}");
         assert_eq!(bff.terminate(), Some(0), "workers = {workers}");
