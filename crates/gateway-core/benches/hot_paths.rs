@@ -109,7 +109,7 @@ fn edge_and_cache(c: &mut Criterion) {
     let cache = ResponseCache::new(
         "bff-mobile",
         &CacheConfig::default(),
-        Some(std::sync::Arc::new(MemoryCache::new(1000))),
+        Some(std::sync::Arc::new(MemoryCache::new(1000, 1 << 20))),
     );
     g.bench_function("cache_key", |b| {
         b.iter(|| black_box(cache.key(black_box("user-0042"), "profile", "v2")))

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::cache::Weight;
 use crate::config::IdempotencyConfig;
 use crate::error::GatewayError;
 use crate::store::redis::{self, Script};
@@ -126,15 +127,37 @@ impl Expiry<String, (Record, Duration)> for Lifetime {
 }
 
 impl MemoryIdempotencyStore {
-    /// A store of at most `max_entries` records.
-    pub fn new(max_entries: u64) -> Self {
+    /// A store of at most `max_entries` records and about `max_bytes` bytes (records measured as
+    /// JSON, keys and bookkeeping): whichever bound is reached first evicts.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+        let weight = Weight::new(max_bytes, max_entries);
         Self {
             inner: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(move |key: &String, (record, _): &(Record, Duration)| {
+                    weight.of(key.len().saturating_add(json_len(record)))
+                })
                 .expire_after(Lifetime)
                 .build(),
         }
     }
+}
+
+/// The length of `record` as JSON, counted without writing it anywhere.
+fn json_len(record: &Record) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serialising a `Record` cannot fail; were it to, the record would weigh as much as any can.
+    serde_json::to_writer(&mut count, record).map_or(usize::MAX, |()| count.0)
 }
 
 #[async_trait]
@@ -279,7 +302,7 @@ impl Idempotency {
         let bound = Duration::from_millis(cfg.timeout_ms);
         let store: Arc<dyn IdempotencyStore> = match redis {
             Some(r) => Arc::new(RedisIdempotencyStore::new(r.clone(), bound)),
-            None => Arc::new(MemoryIdempotencyStore::new(cfg.max_entries)),
+            None => Arc::new(MemoryIdempotencyStore::new(cfg.max_entries, cfg.max_bytes)),
         };
         Self {
             store,
@@ -540,6 +563,43 @@ mod tests {
             .await
             .expect("retry");
         assert!(matches!(out, Outcome::Performed(_)));
+    }
+
+    #[test]
+    fn a_record_weighs_its_json() {
+        let done = Record::Done {
+            fingerprint: "f".repeat(64),
+            answer: Answer {
+                status: 201,
+                body: json!({ "note": "é".repeat(10), "n": [1, 2, 3] }),
+            },
+        };
+        let json = serde_json::to_vec(&done).expect("json");
+        assert_eq!(json_len(&done), json.len());
+    }
+
+    /// Records of about 1 KB in a store of 16 KB: about a dozen stay, whatever the record bound.
+    #[tokio::test]
+    async fn the_memory_store_keeps_to_its_bytes() {
+        let store = MemoryIdempotencyStore::new(1_000, 16 * 1024);
+        let done = Record::Done {
+            fingerprint: "f".repeat(64),
+            answer: Answer {
+                status: 201,
+                body: json!({ "note": "x".repeat(1000) }),
+            },
+        };
+        for i in 0..64 {
+            let key = format!("k{i}");
+            store
+                .complete(&key, &done, Duration::from_secs(60))
+                .await
+                .expect("complete");
+        }
+        store.inner.run_pending_tasks();
+        let (kept, weight) = (store.inner.entry_count(), store.inner.weighted_size());
+        assert!((1..=12).contains(&kept), "{kept} records");
+        assert!(weight <= 16 * 1024, "{weight} bytes");
     }
 
     #[tokio::test]

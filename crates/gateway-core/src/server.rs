@@ -157,7 +157,7 @@ impl<C: Send + Sync + 'static> GatewayBuilder<C> {
                 r.clone(),
                 Duration::from_millis(cfg.cache.timeout_ms),
             )),
-            None => Arc::new(MemoryCache::new(cfg.cache.max_entries)),
+            None => Arc::new(MemoryCache::new(cfg.cache.max_entries, cfg.cache.max_bytes)),
         };
         let upstreams = Upstreams::new(&cfg.upstreams)?;
         let proxies = ProxyRoute::resolve(&cfg.proxy, &upstreams, cfg.server.body_limit_bytes)?;

@@ -77,12 +77,43 @@ impl Expiry<String, Entry> for KeepFor {
     }
 }
 
+/// What an entry costs a bounded in-memory store beyond its key and value: moka's bookkeeping
+/// and the entry's own fields, about this many bytes.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// How much an entry weighs in a bounded in-memory store, whose weights moka keeps under
+/// `max_bytes`: its bytes and [`ENTRY_OVERHEAD`], and never less than an equal share of
+/// `max_bytes`, so the store also holds at most `max_entries` entries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Weight {
+    floor: u32,
+}
+
+impl Weight {
+    pub(crate) fn new(max_bytes: u64, max_entries: u64) -> Self {
+        let share = max_bytes.div_ceil(max_entries.max(1));
+        Self {
+            floor: u32::try_from(share).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    /// The weight of an entry whose key and value take `bytes`.
+    pub(crate) fn of(self, bytes: usize) -> u32 {
+        u32::try_from(bytes.saturating_add(ENTRY_OVERHEAD))
+            .unwrap_or(u32::MAX)
+            .max(self.floor)
+    }
+}
+
 impl MemoryCache {
-    /// A cache of at most `max_entries` entries.
-    pub fn new(max_entries: u64) -> Self {
+    /// A cache of at most `max_entries` entries and about `max_bytes` bytes (bodies, keys and
+    /// bookkeeping): whichever bound is reached first evicts.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Self {
+        let weight = Weight::new(max_bytes, max_entries);
         Self {
             inner: moka::future::Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(move |key: &String, e: &Entry| weight.of(key.len() + e.body.len()))
                 .expire_after(KeepFor)
                 .build(),
         }
@@ -246,9 +277,55 @@ fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
+    fn entry(bytes: usize) -> Entry {
+        Entry {
+            body: Bytes::from(vec![b'x'; bytes]),
+            fresh_until_ms: u64::MAX,
+            keep_for: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn an_entry_weighs_its_bytes_but_at_least_its_share_of_the_bound() {
+        let weight = Weight::new(64 * 1024 * 1024, 100_000);
+        assert_eq!(
+            weight.of(10),
+            672,
+            "64 MiB over 100,000 entries, rounded up"
+        );
+        assert_eq!(weight.of(10_000), 10_256, "the bytes and the bookkeeping");
+        assert_eq!(weight.of(usize::MAX), u32::MAX);
+        assert_eq!(Weight::new(1, 1_000).of(0), 256);
+    }
+
+    /// Entries of 1 KB in a cache of 16 KB: about a dozen stay, whatever the entry bound.
+    #[tokio::test]
+    async fn the_memory_cache_keeps_to_its_bytes() {
+        let store = MemoryCache::new(1_000, 16 * 1024);
+        for i in 0..64 {
+            store.put(&format!("k{i}"), entry(1024)).await.expect("put");
+        }
+        store.inner.run_pending_tasks().await;
+        let (kept, weight) = (store.inner.entry_count(), store.inner.weighted_size());
+        assert!((1..=12).contains(&kept), "{kept} entries");
+        assert!(weight <= 16 * 1024, "{weight} bytes");
+    }
+
+    /// Small entries in a cache of 1 MiB: the entry bound binds first.
+    #[tokio::test]
+    async fn the_memory_cache_keeps_to_its_entries() {
+        let store = MemoryCache::new(10, 1 << 20);
+        for i in 0..100 {
+            store.put(&format!("k{i}"), entry(10)).await.expect("put");
+        }
+        store.inner.run_pending_tasks().await;
+        let kept = store.inner.entry_count();
+        assert!((1..=10).contains(&kept), "{kept} entries");
+    }
+
     fn cache() -> ResponseCache {
         let cfg = CacheConfig::default();
-        ResponseCache::new("t", &cfg, Some(Arc::new(MemoryCache::new(100))))
+        ResponseCache::new("t", &cfg, Some(Arc::new(MemoryCache::new(100, 1 << 20))))
     }
 
     #[tokio::test]

@@ -41,6 +41,10 @@ pub const DEFAULT_DECISION_TIMEOUT_MS: u64 = 50;
 pub const DEFAULT_LIMITER_MAX_KEYS: usize = 1_000_000;
 /// Default bound on the number of responses the in-memory cache holds.
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
+/// Default bound on the bytes the in-memory cache holds: 64 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default bound on the bytes in-memory idempotency records hold: 64 MiB.
+pub const DEFAULT_IDEMPOTENCY_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Default bound on one cache operation against a shared store, in milliseconds.
 pub const DEFAULT_CACHE_TIMEOUT_MS: u64 = 50;
 /// Default per-call upstream timeout, in milliseconds.
@@ -609,6 +613,9 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Bound on entries held in memory.
     pub max_entries: u64,
+    /// Bound on the bytes held in memory: each entry's body and key, and about 256 bytes of
+    /// bookkeeping.
+    pub max_bytes: u64,
     /// Bound on one operation against the shared store, in milliseconds.
     pub timeout_ms: u64,
     /// Time-to-live overrides by route path as declared, in seconds.
@@ -620,6 +627,7 @@ impl Default for CacheConfig {
         Self {
             enabled: true,
             max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
             timeout_ms: DEFAULT_CACHE_TIMEOUT_MS,
             ttl_secs: BTreeMap::new(),
         }
@@ -666,6 +674,9 @@ pub struct IdempotencyConfig {
     pub wait_ms: u64,
     /// Bound on records held in memory (without Redis).
     pub max_entries: u64,
+    /// Bound on the bytes records hold in memory (without Redis): each record as JSON, its key
+    /// and about 256 bytes of bookkeeping.
+    pub max_bytes: u64,
     /// Bound on one operation against the shared store, in milliseconds.
     pub timeout_ms: u64,
 }
@@ -677,6 +688,7 @@ impl Default for IdempotencyConfig {
             lock_ms: 30_000,
             wait_ms: 5_000,
             max_entries: 100_000,
+            max_bytes: DEFAULT_IDEMPOTENCY_MAX_BYTES,
             timeout_ms: 250,
         }
     }
@@ -1256,6 +1268,7 @@ where
             ("idempotency.lock_ms", self.idempotency.lock_ms),
             ("idempotency.wait_ms", self.idempotency.wait_ms),
             ("idempotency.max_entries", self.idempotency.max_entries),
+            ("idempotency.max_bytes", self.idempotency.max_bytes),
             ("idempotency.timeout_ms", self.idempotency.timeout_ms),
         ] {
             if value == 0 {
@@ -1271,6 +1284,9 @@ where
         }
         if self.cache.max_entries == 0 {
             return bad("cache.max_entries".into(), "must be > 0", "0".into());
+        }
+        if self.cache.max_bytes == 0 {
+            return bad("cache.max_bytes".into(), "must be > 0", "0".into());
         }
         self.validate_proxies()?;
         for (name, up) in &self.upstreams {

@@ -62,6 +62,19 @@ fn bad_value_names_key_and_value() {
 }
 
 #[test]
+fn the_memory_stores_are_bounded_in_entries_and_bytes() {
+    let cfg = load_with("[cache]\nmax_bytes = 1048576\n", &[]).expect("valid");
+    assert_eq!(cfg.cache.max_bytes, 1_048_576);
+    assert_eq!(defaults().cache.max_bytes, DEFAULT_CACHE_MAX_BYTES);
+    for table in ["cache", "idempotency"] {
+        for key in ["max_entries", "max_bytes"] {
+            let err = load_with(&format!("[{table}]\n{key} = 0\n"), &[]).expect_err(key);
+            assert_eq!(err, format!("{table}.{key} must be > 0, got 0"));
+        }
+    }
+}
+
+#[test]
 fn workers_are_bounded() {
     let err = load_with("", &[("BFF_SERVER__WORKERS", "1025")]).expect_err("too many workers");
     assert_eq!(err, "server.workers must be at most 1024, got 1025");
