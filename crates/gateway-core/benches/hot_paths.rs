@@ -62,6 +62,27 @@ fn limiter(c: &mut Criterion) {
             black_box(store.decide(&keys[i], &gcra, now))
         })
     });
+    // A store at its default bound, full of live keys (a flood of distinct subjects within their
+    // window): what a new key's decision costs.
+    let full = MemoryStore::new(1_000_000);
+    let hour = Policy::new(
+        "p",
+        Algorithm::SlidingWindow,
+        u64::MAX / 4,
+        Duration::from_secs(3600),
+        1,
+    );
+    for i in 0..1_100_000 {
+        full.decide(&format!("flood-{i}"), &hour, 1);
+    }
+    let mut n = 1_100_000u64;
+    g.bench_function("memory_window_full_store_new_key", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = format!("flood-{n}");
+            black_box(full.decide(&key, &hour, 2))
+        })
+    });
     let cfg = RateLimitConfig {
         policies: [(
             "default".to_owned(),

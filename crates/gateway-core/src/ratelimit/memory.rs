@@ -47,7 +47,18 @@ impl Entry {
 }
 
 /// One shard: keys and their entries, found by a hash computed once per decision.
-type Shard = HashTable<(Box<str>, Entry)>;
+#[derive(Default)]
+struct Shard {
+    keys: HashTable<(Box<str>, Entry)>,
+    /// When (the decisions' clock, microseconds) spent entries were last swept out of the shard
+    /// for want of room.
+    swept_at: Option<u64>,
+}
+
+/// How often a full shard is swept for spent entries, at most. A sweep reads every entry of the
+/// shard under its lock, so a flood of new keys into shards full of live ones pays for one sweep
+/// a shard a second, not one a key; spent entries wait at most this long to make room.
+const SWEEP_EVERY_US: u64 = 1_000_000;
 
 /// Per-key limiter state in process memory.
 ///
@@ -63,7 +74,7 @@ impl MemoryStore {
     /// A store that tracks at most about `max_keys` keys.
     pub fn new(max_keys: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             per_shard: max_keys.div_ceil(SHARDS).max(1),
             hasher: RandomState::new(),
         }
@@ -79,7 +90,7 @@ impl MemoryStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Quota windows follow the wall clock, so a daily quota ends at midnight UTC.
         let wall_ms = wall_ms();
-        if let Some((_, entry)) = map.find_mut(hash, |(k, _)| &**k == key) {
+        if let Some((_, entry)) = map.keys.find_mut(hash, |(k, _)| &**k == key) {
             let (next, decision) = step(Some(*entry), policy, now, wall_ms);
             if let Some(next) = next {
                 *entry = next;
@@ -88,26 +99,52 @@ impl MemoryStore {
         }
         let (next, decision) = step(None, policy, now, wall_ms);
         if let Some(next) = next {
-            if map.len() >= self.per_shard {
+            let full = map.keys.len() >= self.per_shard;
+            if full
+                && map
+                    .swept_at
+                    .is_none_or(|at| now.saturating_sub(at) >= SWEEP_EVERY_US)
+            {
                 // Spent entries are full buckets: dropping them loses nothing.
-                map.retain(|(_, e)| !e.spent(now, wall_ms));
+                map.keys.retain(|(_, e)| !e.spent(now, wall_ms));
+                map.swept_at = Some(now);
             }
-            if map.len() >= self.per_shard {
+            if map.keys.len() >= self.per_shard {
                 // Still full of live keys: evict one arbitrary key. That key briefly gets a
                 // fresh allowance, the price of a hard memory bound under a key flood.
-                let victim = map.iter().next().map(|(k, _)| k.clone());
+                let victim = map.keys.iter().next().map(|(k, _)| k.clone());
                 if let Some(victim) = victim
-                    && let Ok(found) =
-                        map.find_entry(self.hasher.hash_one(&*victim), |(k, _)| *k == victim)
+                    && let Ok(found) = map
+                        .keys
+                        .find_entry(self.hasher.hash_one(&*victim), |(k, _)| *k == victim)
                 {
                     found.remove();
                 }
             }
-            map.insert_unique(hash, (key.into(), next), |(k, _)| {
+            if full && map.keys.len() >= map.keys.capacity() {
+                self.rebuild(&mut map);
+            }
+            map.keys.insert_unique(hash, (key.into(), next), |(k, _)| {
                 self.hasher.hash_one(&**k)
             });
         }
         decision
+    }
+
+    /// Moves the keys of `shard`, at its bound, into a table sized for the bound. Keys evicted
+    /// from a full table leave tombstones that use up its room, and the table would then double
+    /// to make more: under a flood of new keys, twice the memory for the same keys. Rebuilt
+    /// instead, it holds them in the room its bound needs, for one move of each key every few
+    /// thousand new ones. Below the bound a table grows as usual.
+    fn rebuild(&self, shard: &mut Shard) {
+        let room = self.per_shard.max(shard.keys.len() + 1);
+        let keys = std::mem::replace(&mut shard.keys, HashTable::with_capacity(room));
+        for (key, entry) in keys {
+            let hash = self.hasher.hash_one(&*key);
+            shard
+                .keys
+                .insert_unique(hash, (key, entry), |(k, _)| self.hasher.hash_one(&**k));
+        }
     }
 
     /// Keys currently tracked.
@@ -117,6 +154,7 @@ impl MemoryStore {
             .map(|s| {
                 s.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .keys
                     .len()
             })
             .sum()
@@ -187,6 +225,40 @@ mod tests {
             store.decide(&format!("k{i}"), &p, 0);
         }
         assert!(store.len() <= 1_000 + SHARDS, "{}", store.len());
+    }
+
+    /// Under a flood of live keys, full tables are rebuilt rather than grown, and keep what they
+    /// hold: the last key in is still limited.
+    #[test]
+    fn keys_outlive_their_table_being_rebuilt() {
+        let store = MemoryStore::new(SHARDS * 4);
+        let p = Policy::new("p", Algorithm::SlidingWindow, 1, Duration::from_secs(60), 1);
+        for i in 0..10_000 {
+            assert!(store.decide(&format!("k{i}"), &p, 0).allowed);
+        }
+        assert!(!store.decide("k9999", &p, 0).allowed);
+        assert!(store.len() <= SHARDS * 4);
+    }
+
+    /// A full shard is swept for spent entries at most once a second: until then a new key takes
+    /// the place of an arbitrary one, then a sweep makes room for it and the rest.
+    #[test]
+    fn full_shards_are_swept_for_spent_entries_at_most_once_a_second() {
+        const MAX: usize = SHARDS * 8;
+        let store = MemoryStore::new(MAX);
+        // Spent 1 ms after its admission.
+        let p = Policy::new("p", Algorithm::Gcra, 1_000, Duration::from_secs(1), 1);
+        // About 31 keys a shard: every shard fills, and is swept (for nothing) as it does.
+        for i in 0..2_000 {
+            store.decide(&format!("old-{i}"), &p, 0);
+        }
+        assert_eq!(store.len(), MAX);
+        // Half a second on, every entry is spent, but no shard is swept yet.
+        store.decide("new-1", &p, 500_000);
+        assert_eq!(store.len(), MAX, "swept within a second of the last sweep");
+        // A second on, the new key's shard is swept: its 8 spent entries go, the key comes in.
+        store.decide("new-2", &p, 1_000_000);
+        assert!(store.len() <= MAX - 7, "{} keys: not swept", store.len());
     }
 
     #[test]
