@@ -9,6 +9,9 @@ use gateway_core::ratelimit::memory::MemoryStore;
 use gateway_core::ratelimit::{Algorithm, Policy};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
+#[path = "support/counting.rs"]
+mod counting;
+
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
@@ -19,9 +22,7 @@ const MAX_BYTES_A_KEY: usize = 160;
 
 /// Bytes allocated and not freed since `region` began.
 fn live(region: &Region<'_, System>) -> usize {
-    let c = region.change();
-    (c.bytes_allocated as isize + c.bytes_reallocated - c.bytes_deallocated as isize).max(0)
-        as usize
+    counting::live(region).max(0) as usize
 }
 
 #[test]

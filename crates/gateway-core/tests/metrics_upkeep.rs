@@ -8,14 +8,12 @@ use std::time::{Duration, Instant};
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
+#[path = "support/counting.rs"]
+mod counting;
+use counting::live;
+
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
-
-/// Bytes allocated and not freed since `region` began.
-fn live(region: &Region<'_, System>) -> isize {
-    let c = region.change();
-    c.bytes_allocated as isize + c.bytes_reallocated - c.bytes_deallocated as isize
-}
 
 #[test]
 fn latency_samples_are_folded_in_without_a_scrape() {
