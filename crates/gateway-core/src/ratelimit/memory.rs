@@ -2,6 +2,7 @@
 //! cannot exhaust memory.
 
 use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroU64;
 
 use hashbrown::HashTable;
 use std::sync::Mutex;
@@ -11,38 +12,102 @@ use super::quota::{self, QuotaState};
 use super::window::WindowState;
 use super::{Algorithm, Decision, Policy, gcra, window};
 
-const SHARDS: usize = 64;
+/// Shards a store has at least (up to twice as many: see [`layout`]).
+const MIN_SHARDS: usize = 64;
 
-/// One key's state: a TAT for GCRA, two counters for the sliding window.
+/// The share of a full shard's table kept free, as a divisor of its capacity: evicting a key from
+/// a full table may leave a tombstone in place of an empty bucket, and the table is rebuilt once
+/// the tombstones have used up this room (see [`MemoryStore::rebuild`]). 8: an eighth, for one
+/// move of each key every eighth of a table's worth of new keys.
+const SLACK: usize = 8;
+
+/// One key's rate state, each variant in the units of its algorithm.
 #[derive(Debug, Clone, Copy)]
 enum Slot {
-    Gcra(u64),
-    Window(WindowState, u64),
+    /// GCRA's theoretical arrival time, microseconds.
+    Gcra { tat_us: u64 },
+    /// The sliding window's two counters and when they stop counting: the end of the window after
+    /// the current one, from which the current window's index follows given the period.
+    Window {
+        spent_at_ms: u64,
+        prev: u64,
+        cur: u64,
+    },
 }
 
 impl Slot {
     /// Whether the slot no longer changes any decision (so dropping it loses nothing).
     fn spent(&self, now_us: u64) -> bool {
-        match self {
-            Self::Gcra(tat) => *tat <= now_us,
-            Self::Window(w, period_ms) => w.expired(now_us / 1000, *period_ms),
+        match *self {
+            Self::Gcra { tat_us } => tat_us <= now_us,
+            Self::Window { spent_at_ms, .. } => spent_at_ms <= now_us / 1000,
+        }
+    }
+
+    fn window(state: WindowState, period_ms: u64) -> Self {
+        Self::Window {
+            spent_at_ms: state.window.saturating_add(2).saturating_mul(period_ms),
+            prev: state.prev,
+            cur: state.cur,
+        }
+    }
+
+    /// The sliding window's state, for a policy of `period_ms`.
+    fn window_state(&self, period_ms: u64) -> Option<WindowState> {
+        match *self {
+            Self::Window {
+                spent_at_ms,
+                prev,
+                cur,
+            } => Some(WindowState {
+                window: (spent_at_ms / period_ms).saturating_sub(2),
+                prev,
+                cur,
+            }),
+            Self::Gcra { .. } => None,
         }
     }
 }
 
-/// One key's rate state and, for policies with a quota, its quota window.
+/// One key's quota window: the wall-clock millisecond it ends at (never 0: windows end a whole
+/// window after the epoch) and the requests admitted in it.
+#[derive(Debug, Clone, Copy)]
+struct QuotaSlot {
+    ends_ms: NonZeroU64,
+    used: u64,
+}
+
+impl QuotaSlot {
+    fn new(state: QuotaState, window_ms: u64) -> Self {
+        let ends = state.window.saturating_add(1).saturating_mul(window_ms);
+        Self {
+            ends_ms: NonZeroU64::new(ends).unwrap_or(NonZeroU64::MAX),
+            used: state.used,
+        }
+    }
+
+    fn state(&self, window_ms: u64) -> QuotaState {
+        QuotaState {
+            window: (self.ends_ms.get() / window_ms).saturating_sub(1),
+            used: self.used,
+        }
+    }
+}
+
+/// One key's rate state and, for policies with a quota, its quota window. Neither stores the
+/// policy: each key belongs to one policy, which every decision for it passes in.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    rate: Option<Slot>,
-    quota: Option<(QuotaState, u64)>,
+    rate: Slot,
+    quota: Option<QuotaSlot>,
 }
+
+/// A bucket of a shard's table: 64 bytes, with the key's name on the heap.
+const _: () = assert!(std::mem::size_of::<(Box<str>, Entry)>() == 64);
 
 impl Entry {
     fn spent(&self, now_us: u64, wall_ms: u64) -> bool {
-        self.rate.is_none_or(|r| r.spent(now_us))
-            && self
-                .quota
-                .is_none_or(|(q, window_ms)| q.window < wall_ms / window_ms)
+        self.rate.spent(now_us) && self.quota.is_none_or(|q| q.ends_ms.get() <= wall_ms)
     }
 }
 
@@ -60,6 +125,39 @@ struct Shard {
 /// a shard a second, not one a key; spent entries wait at most this long to make room.
 const SWEEP_EVERY_US: u64 = 1_000_000;
 
+/// The keys a table of `buckets` buckets (a power of two, at least 4) holds before it must grow:
+/// hashbrown keeps an eighth of a table's buckets empty, and one of the smallest tables'.
+const fn table_capacity(buckets: usize) -> usize {
+    if buckets < 16 {
+        buckets - 1
+    } else {
+        buckets / 8 * 7
+    }
+}
+
+/// The keys a shard whose table has `buckets` buckets is bounded to: the table's capacity less the
+/// room kept for tombstones.
+const fn shard_bound(buckets: usize) -> usize {
+    let capacity = table_capacity(buckets);
+    capacity - capacity / SLACK
+}
+
+/// How a store of `max_keys` keys is split: `(shards, keys a shard, buckets of a full shard's
+/// table)`. A shard's bound is what a table of a power of two buckets holds with its slack, the
+/// largest such at most an equal share of `MIN_SHARDS`; there are as many shards of it as fit in
+/// `max_keys`. A full shard thus fills its table (where a bound of `max_keys / 64` would leave up
+/// to half of a table's buckets unused), and the store holds at most `max_keys` keys, at least
+/// `max_keys` less one shard's.
+fn layout(max_keys: usize) -> (usize, usize, usize) {
+    let share = (max_keys / MIN_SHARDS).max(1);
+    let mut buckets = 4;
+    while shard_bound(buckets * 2) <= share {
+        buckets *= 2;
+    }
+    let per_shard = shard_bound(buckets).min(share);
+    ((max_keys / per_shard).max(1), per_shard, buckets)
+}
+
 /// Per-key limiter state in process memory.
 ///
 /// Each key is hashed once per decision (SipHash, keyed per process, so clients cannot choose
@@ -67,24 +165,36 @@ const SWEEP_EVERY_US: u64 = 1_000_000;
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
+    /// The capacity of a full shard's table.
+    full_table: usize,
     hasher: RandomState,
 }
 
 impl MemoryStore {
-    /// A store that tracks at most about `max_keys` keys.
+    /// A store that tracks at most `max_keys` keys, and all but at most a 64th of them when
+    /// flooded.
     pub fn new(max_keys: usize) -> Self {
+        let (shards, per_shard, buckets) = layout(max_keys);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            per_shard: max_keys.div_ceil(SHARDS).max(1),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+            per_shard,
+            full_table: table_capacity(buckets),
             hasher: RandomState::new(),
         }
+    }
+
+    /// The most keys the store tracks.
+    pub fn max_keys(&self) -> usize {
+        self.shards.len() * self.per_shard
     }
 
     /// Decides one request for `key` at `now` (microseconds on any monotonic clock).
     pub fn decide(&self, key: &str, policy: &Policy, now: u64) -> Decision {
         let hash = self.hasher.hash_one(key);
-        // Bits the table does not use for the bucket (low bits) nor the tag (top 7).
-        let shard = &self.shards[(hash >> 32) as usize % SHARDS];
+        // Bits the table uses neither for the bucket (low bits) nor the tag (top 7), mapped onto
+        // the shards by a multiplication rather than a division.
+        let index = (((hash >> 32) & 0xff_ffff) * self.shards.len() as u64) >> 24;
+        let shard = &self.shards[index as usize];
         let mut map = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -99,8 +209,7 @@ impl MemoryStore {
         }
         let (next, decision) = step(None, policy, now, wall_ms);
         if let Some(next) = next {
-            let full = map.keys.len() >= self.per_shard;
-            if full
+            if map.keys.len() >= self.per_shard
                 && map
                     .swept_at
                     .is_none_or(|at| now.saturating_sub(at) >= SWEEP_EVERY_US)
@@ -121,7 +230,7 @@ impl MemoryStore {
                     found.remove();
                 }
             }
-            if full && map.keys.len() >= map.keys.capacity() {
+            if map.keys.len() >= map.keys.capacity() && 2 * map.keys.len() >= self.full_table {
                 self.rebuild(&mut map);
             }
             map.keys.insert_unique(hash, (key.into(), next), |(k, _)| {
@@ -131,14 +240,13 @@ impl MemoryStore {
         decision
     }
 
-    /// Moves the keys of `shard`, at its bound, into a table sized for the bound. Keys evicted
-    /// from a full table leave tombstones that use up its room, and the table would then double
-    /// to make more: under a flood of new keys, twice the memory for the same keys. Rebuilt
-    /// instead, it holds them in the room its bound needs, for one move of each key every few
-    /// thousand new ones. Below the bound a table grows as usual.
+    /// Moves the keys of `shard`, out of room, into a table of a full shard's size. Evicted and
+    /// swept keys leave tombstones that use up a table's room, and hashbrown would then double the
+    /// table to make more: under a flood of new keys, twice the memory for the same keys. Rebuilt
+    /// instead, it holds them in the room its bound needs, for one move of each key every
+    /// [`SLACK`]th of a table's worth of new keys. A table below half that size grows as usual.
     fn rebuild(&self, shard: &mut Shard) {
-        let room = self.per_shard.max(shard.keys.len() + 1);
-        let keys = std::mem::replace(&mut shard.keys, HashTable::with_capacity(room));
+        let keys = std::mem::replace(&mut shard.keys, HashTable::with_capacity(self.per_shard));
         for (key, entry) in keys {
             let hash = self.hasher.hash_one(&*key);
             shard
@@ -176,32 +284,28 @@ fn step(
 ) -> (Option<Entry>, Decision) {
     let (next, decision) = match policy.algorithm {
         Algorithm::Gcra => {
-            let tat = match current.and_then(|e| e.rate) {
-                Some(Slot::Gcra(tat)) => Some(tat),
+            let tat = match current.map(|e| e.rate) {
+                Some(Slot::Gcra { tat_us }) => Some(tat_us),
                 _ => None,
             };
             let (next, d) = gcra::decide(tat, now, policy);
-            (next.map(Slot::Gcra), d)
+            (next.map(|tat_us| Slot::Gcra { tat_us }), d)
         }
         Algorithm::SlidingWindow => {
-            let state = match current.and_then(|e| e.rate) {
-                Some(Slot::Window(w, _)) => Some(w),
-                _ => None,
-            };
+            let period_ms = policy.period_ms();
+            let state = current.and_then(|e| e.rate.window_state(period_ms));
             let (next, d) = window::decide(state, now / 1000, policy);
-            (next.map(|w| Slot::Window(w, policy.period_ms())), d)
+            (next.map(|w| Slot::window(w, period_ms)), d)
         }
     };
     let check = policy.quota.map(|q| {
-        (
-            quota::check(current.and_then(|e| e.quota).map(|(s, _)| s), wall_ms, &q),
-            q.window_ms,
-        )
+        let state = current.and_then(|e| e.quota).map(|s| s.state(q.window_ms));
+        (quota::check(state, wall_ms, &q), q.window_ms)
     });
     let decision = decision.with_quota(check.map(|(c, _)| c));
-    let next = next.filter(|_| decision.allowed).map(|slot| Entry {
-        rate: Some(slot),
-        quota: check.map(|(c, w)| (c.next, w)),
+    let next = next.filter(|_| decision.allowed).map(|rate| Entry {
+        rate,
+        quota: check.map(|(c, window_ms)| QuotaSlot::new(c.next, window_ms)),
     });
     (next, decision)
 }
@@ -217,6 +321,34 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// The layout's arithmetic holds for hashbrown as built: a shard at its bound fills a table of
+    /// the planned size, the store's bound is at most `max_keys` and at most a shard's keys less.
+    #[test]
+    fn shards_fill_their_tables_and_the_store_keeps_to_max_keys() {
+        for max_keys in [
+            1, 10, 100, 256, 512, 1_000, 64_000, 100_000, 1_000_000, 10_000_000,
+        ] {
+            let (shards, per_shard, buckets) = layout(max_keys);
+            let bound = shards * per_shard;
+            assert!(bound <= max_keys, "{max_keys}: {shards} x {per_shard}");
+            assert!(
+                bound + per_shard > max_keys,
+                "{max_keys}: {shards} x {per_shard}"
+            );
+            let table = HashTable::<(Box<str>, Entry)>::with_capacity(per_shard);
+            assert_eq!(table.capacity(), table_capacity(buckets), "{max_keys}");
+            // A bucket and its control byte, and a group of control bytes more.
+            assert!(table.allocation_size() <= buckets * 65 + 16, "{max_keys}");
+            if max_keys >= MIN_SHARDS * 3 {
+                assert!(
+                    (MIN_SHARDS..=2 * MIN_SHARDS).contains(&shards),
+                    "{max_keys}"
+                );
+                assert!(per_shard * 4 > table_capacity(buckets) * 3, "{max_keys}");
+            }
+        }
+    }
+
     #[test]
     fn stays_within_its_bound_under_a_key_flood() {
         let store = MemoryStore::new(1_000);
@@ -224,41 +356,95 @@ mod tests {
         for i in 0..50_000 {
             store.decide(&format!("k{i}"), &p, 0);
         }
-        assert!(store.len() <= 1_000 + SHARDS, "{}", store.len());
+        assert!(store.len() <= 1_000, "{}", store.len());
+        assert_eq!(store.len(), store.max_keys());
     }
 
     /// Under a flood of live keys, full tables are rebuilt rather than grown, and keep what they
     /// hold: the last key in is still limited.
     #[test]
     fn keys_outlive_their_table_being_rebuilt() {
-        let store = MemoryStore::new(SHARDS * 4);
+        let store = MemoryStore::new(MIN_SHARDS * 4);
         let p = Policy::new("p", Algorithm::SlidingWindow, 1, Duration::from_secs(60), 1);
         for i in 0..10_000 {
             assert!(store.decide(&format!("k{i}"), &p, 0).allowed);
         }
         assert!(!store.decide("k9999", &p, 0).allowed);
-        assert!(store.len() <= SHARDS * 4);
+        assert!(store.len() <= MIN_SHARDS * 4);
+    }
+
+    /// Neither evictions nor sweeps make a table grow past a full shard's size: its tombstones
+    /// are cleared by a rebuild in place of hashbrown's doubling.
+    #[test]
+    fn tables_stay_at_a_full_shards_size_through_evictions_and_sweeps() {
+        let store = MemoryStore::new(100_000);
+        let planned =
+            HashTable::<(Box<str>, Entry)>::with_capacity(store.per_shard).allocation_size();
+        // Half the keys spent a millisecond after their admission, half live for an hour.
+        let short = Policy::new("p", Algorithm::Gcra, 1_000, Duration::from_secs(1), 1);
+        let long = Policy::new(
+            "p",
+            Algorithm::SlidingWindow,
+            1,
+            Duration::from_secs(3600),
+            1,
+        );
+        for i in 0..400_000u64 {
+            let p = if i % 2 == 0 { &short } else { &long };
+            // A second and a bit between rounds of 1,000 keys, so full shards are swept.
+            store.decide(&format!("k{i}"), p, i / 1_000 * 1_100_000);
+        }
+        assert!(store.len() <= store.max_keys());
+        for shard in &store.shards {
+            let shard = shard.lock().expect("shard");
+            assert!(
+                shard.keys.allocation_size() <= planned,
+                "{} bytes for a table planned at {planned}",
+                shard.keys.allocation_size()
+            );
+        }
     }
 
     /// A full shard is swept for spent entries at most once a second: until then a new key takes
     /// the place of an arbitrary one, then a sweep makes room for it and the rest.
     #[test]
     fn full_shards_are_swept_for_spent_entries_at_most_once_a_second() {
-        const MAX: usize = SHARDS * 8;
-        let store = MemoryStore::new(MAX);
+        let store = MemoryStore::new(MIN_SHARDS * 8);
+        let max = store.max_keys();
         // Spent 1 ms after its admission.
         let p = Policy::new("p", Algorithm::Gcra, 1_000, Duration::from_secs(1), 1);
-        // About 31 keys a shard: every shard fills, and is swept (for nothing) as it does.
+        // About 28 keys a shard: every shard fills, and is swept (for nothing) as it does.
         for i in 0..2_000 {
             store.decide(&format!("old-{i}"), &p, 0);
         }
-        assert_eq!(store.len(), MAX);
+        assert_eq!(store.len(), max);
         // Half a second on, every entry is spent, but no shard is swept yet.
         store.decide("new-1", &p, 500_000);
-        assert_eq!(store.len(), MAX, "swept within a second of the last sweep");
-        // A second on, the new key's shard is swept: its 8 spent entries go, the key comes in.
+        assert_eq!(store.len(), max, "swept within a second of the last sweep");
+        // A second on, the new key's shard is swept: its spent entries go, the key comes in.
         store.decide("new-2", &p, 1_000_000);
-        assert!(store.len() <= MAX - 7, "{} keys: not swept", store.len());
+        assert!(
+            store.len() <= max - store.per_shard + 1,
+            "{} keys: not swept",
+            store.len()
+        );
+    }
+
+    /// A sliding window's and a quota's state survive being stored without their policy.
+    #[test]
+    fn stored_windows_and_quotas_keep_counting() {
+        let store = MemoryStore::new(100);
+        let p = Policy::new("p", Algorithm::SlidingWindow, 3, Duration::from_secs(60), 1)
+            .with_quota(5, Duration::from_secs(86_400));
+        // 60 s windows from the monotonic clock's 120 s: three in the first window.
+        let at = |s: u64| store.decide("k", &p, s * 1_000_000);
+        assert!(at(120).allowed && at(121).allowed && at(122).allowed);
+        assert!(!at(123).allowed, "the window's three are spent");
+        // Two windows on, the counters start again; the quota has two left.
+        let d = at(240);
+        assert!(d.allowed && d.quota_remaining == Some(1), "{d:?}");
+        assert!(at(241).allowed);
+        assert!(!at(242).allowed, "the quota's five are spent");
     }
 
     #[test]
