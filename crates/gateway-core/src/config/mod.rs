@@ -613,8 +613,8 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Bound on entries held in memory.
     pub max_entries: u64,
-    /// Bound on the bytes held in memory: each entry's body and key, and about 256 bytes of
-    /// bookkeeping.
+    /// Bound on the bytes held in memory: each entry's body and key, and
+    /// [`crate::cache::ENTRY_OVERHEAD`] bytes of bookkeeping.
     pub max_bytes: u64,
     /// Bound on one operation against the shared store, in milliseconds.
     pub timeout_ms: u64,
@@ -674,8 +674,8 @@ pub struct IdempotencyConfig {
     pub wait_ms: u64,
     /// Bound on records held in memory (without Redis).
     pub max_entries: u64,
-    /// Bound on the bytes records hold in memory (without Redis): each record as JSON, its key
-    /// and about 256 bytes of bookkeeping.
+    /// Bound on the bytes records hold in memory (without Redis): each record as JSON, as it is
+    /// held, its key and [`crate::cache::ENTRY_OVERHEAD`] bytes of bookkeeping.
     pub max_bytes: u64,
     /// Bound on one operation against the shared store, in milliseconds.
     pub timeout_ms: u64,
