@@ -11,10 +11,19 @@
 # The profile's load sends 64 users' tokens in turn (a wrk script), so that its calls are not
 # coalesced; the pass-through's sends one token as a plain header, which costs wrk less.
 #
+# LIMIT_KEY (environment): what the limiter counts per, `subject` (the default: one key for the
+# pass-through's one token) or `client_ip` (the address in `X-Forwarded-For`, which the gateways
+# believe from 127.0.0.1; bench/keyflood.sh).
+#
 # Sets WORK, PIDS (stopped on exit), PID_BEFORE, PID_AFTER, P_BEFORE, P_AFTER, url() and LOAD
 # (wrk's arguments that add the route's headers).
 # shellcheck shell=bash
 ROUTE=${ROUTE:-pass}
+LIMIT_KEY=${LIMIT_KEY:-subject}
+case "$LIMIT_KEY" in
+  subject | client_ip) ;;
+  *) echo "LIMIT_KEY: subject or client_ip" >&2; exit 2 ;;
+esac
 case "$ROUTE" in
   pass) ROUTE_PATH=/api/catalog/item.json ;;
   profile) ROUTE_PATH=/api/v2/user/profile ;;
@@ -109,6 +118,7 @@ gateway_config() { # PORT
   cat <<EOF
 [server]
 listen = "127.0.0.1:$1"
+$([ "$LIMIT_KEY" = client_ip ] && echo 'trusted_proxies = ["127.0.0.1/32"]')
 [telemetry]
 log_level = "warn"
 [auth]
@@ -122,6 +132,7 @@ hs256_secret = "$SECRET"
 algorithm = "sliding_window"
 limit = 1000000000
 period_secs = 60
+key = "$LIMIT_KEY"
 [cache]
 enabled = false
 [[proxy]]

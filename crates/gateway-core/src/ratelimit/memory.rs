@@ -46,7 +46,7 @@ impl Slot {
 
     fn window(state: WindowState, period_ms: u64) -> Self {
         Self::Window {
-            spent_at_ms: state.window.saturating_add(2).saturating_mul(period_ms),
+            spent_at_ms: state.expires_at_ms(period_ms),
             prev: state.prev,
             cur: state.cur,
         }
@@ -243,8 +243,8 @@ impl MemoryStore {
     /// Moves the keys of `shard`, out of room, into a table of a full shard's size. Evicted and
     /// swept keys leave tombstones that use up a table's room, and hashbrown would then double the
     /// table to make more: under a flood of new keys, twice the memory for the same keys. Rebuilt
-    /// instead, it holds them in the room its bound needs, for one move of each key every
-    /// [`SLACK`]th of a table's worth of new keys. A table below half that size grows as usual.
+    /// instead, it holds them in the room its bound needs, for one move of each key each time
+    /// tombstones fill the room [`SLACK`] keeps. A table below half that size grows as usual.
     fn rebuild(&self, shard: &mut Shard) {
         let keys = std::mem::replace(&mut shard.keys, HashTable::with_capacity(self.per_shard));
         for (key, entry) in keys {

@@ -19,7 +19,13 @@ pub struct WindowState {
 impl WindowState {
     /// Whether the state can no longer influence a decision at `now_ms` (both windows are past).
     pub fn expired(&self, now_ms: u64, period_ms: u64) -> bool {
-        now_ms / period_ms > self.window + 1
+        now_ms >= self.expires_at_ms(period_ms)
+    }
+
+    /// The first moment the state is [`expired`](Self::expired): the end of the window after the
+    /// current one.
+    pub fn expires_at_ms(&self, period_ms: u64) -> u64 {
+        self.window.saturating_add(2).saturating_mul(period_ms)
     }
 }
 
@@ -151,6 +157,7 @@ mod tests {
             prev: 5,
             cur: 5,
         };
+        assert!(!s.expired(119_999, 60_000));
         assert!(s.expired(120_000, 60_000));
         assert!(decide(Some(s), 120_000, &p).1.allowed);
     }
