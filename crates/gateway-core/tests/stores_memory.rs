@@ -53,6 +53,28 @@ fn held(region: &Region<'_, System>) -> usize {
     counting::live(region).max(0) as usize
 }
 
+/// What a store weighs `entries` at: each key, each value as JSON, and the bookkeeping.
+fn weight_of<T: serde::Serialize>(entries: &[(String, T)]) -> usize {
+    entries
+        .iter()
+        .map(|(key, value)| {
+            key.len() + serde_json::to_vec(value).expect("json").len() + ENTRY_OVERHEAD
+        })
+        .sum()
+}
+
+/// Fails unless a store holds its `what` in at most their weight and its own tables.
+fn within_weight(what: &str, held: usize, weighed: usize) {
+    println!(
+        "{ENTRIES} {what} weighed at {weighed} bytes hold {held} ({:.2}x)",
+        held as f64 / weighed as f64
+    );
+    assert!(
+        held <= weighed + FIXED,
+        "{held} bytes held for {what} weighed at {weighed}"
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn idempotency_records_take_at_most_what_they_weigh() {
     let _alone = ALONE.lock().await;
@@ -69,12 +91,7 @@ async fn idempotency_records_take_at_most_what_they_weigh() {
             (format!("{:064x}", i * 7919), done)
         })
         .collect();
-    let weighed: usize = records
-        .iter()
-        .map(|(key, done)| {
-            key.len() + serde_json::to_vec(done).expect("json").len() + ENTRY_OVERHEAD
-        })
-        .sum();
+    let weighed = weight_of(&records);
 
     let region = Region::new(ALLOCATOR);
     let store = MemoryIdempotencyStore::new(100_000, 64 * 1024 * 1024);
@@ -84,15 +101,7 @@ async fn idempotency_records_take_at_most_what_they_weigh() {
             .await
             .expect("complete");
     }
-    let held = held(&region);
-    println!(
-        "{ENTRIES} idempotency records weighed at {weighed} bytes hold {held} ({:.2}x)",
-        held as f64 / weighed as f64
-    );
-    assert!(
-        held <= weighed + FIXED,
-        "{held} bytes held for records weighed at {weighed}"
-    );
+    within_weight("idempotency records", held(&region), weighed);
     drop(store);
 }
 
@@ -109,12 +118,7 @@ async fn cached_answers_take_at_most_what_they_weigh() {
             )
         })
         .collect();
-    let weighed: usize = answers
-        .iter()
-        .map(|(key, value)| {
-            key.len() + serde_json::to_vec(value).expect("json").len() + ENTRY_OVERHEAD
-        })
-        .sum();
+    let weighed = weight_of(&answers);
 
     let region = Region::new(ALLOCATOR);
     let cache = MemoryCache::new(100_000, 64 * 1024 * 1024);
@@ -126,14 +130,6 @@ async fn cached_answers_take_at_most_what_they_weigh() {
         };
         cache.put(key, entry).await.expect("put");
     }
-    let held = held(&region);
-    println!(
-        "{ENTRIES} cached answers weighed at {weighed} bytes hold {held} ({:.2}x)",
-        held as f64 / weighed as f64
-    );
-    assert!(
-        held <= weighed + FIXED,
-        "{held} bytes held for answers weighed at {weighed}"
-    );
+    within_weight("cached answers", held(&region), weighed);
     drop(cache);
 }
