@@ -16,7 +16,7 @@ mod counting;
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// Bytes a tracked key may cost at most, its entry, its name and the table's spare room included
-/// (README, "Shared state and Redis"): 116 at each bound below and at the default 1,000,000 when
+/// (README, "Shared state and Redis"): 117 at each bound below and at the default 1,000,000 when
 /// this was written. Entries that kept their policy's period and quota window, in shards bounded
 /// to a 64th of the keys, took 148 at 100,000 and 218 at 1,000,000: a shard's table, a power of
 /// two buckets, was then up to half empty at its bound.

@@ -102,6 +102,18 @@ async fn idempotency_records_take_at_most_what_they_weigh() {
             .expect("complete");
     }
     within_weight("idempotency records", held(&region), weighed);
+    // Every record is held: a claim of its key finds it.
+    let pending = Record::Pending {
+        fingerprint: "0".repeat(64),
+        token: "t".into(),
+    };
+    for (key, done) in &records {
+        let found = store
+            .claim(key, &pending, Duration::from_secs(1))
+            .await
+            .expect("claim");
+        assert_eq!(found.as_ref(), Some(done), "{key}");
+    }
     drop(store);
 }
 
@@ -131,5 +143,9 @@ async fn cached_answers_take_at_most_what_they_weigh() {
         cache.put(key, entry).await.expect("put");
     }
     within_weight("cached answers", held(&region), weighed);
+    // Every answer is held.
+    for (key, _) in &answers {
+        assert!(cache.get(key).await.expect("get").is_some(), "{key}");
+    }
     drop(cache);
 }

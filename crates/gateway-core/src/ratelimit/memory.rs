@@ -12,8 +12,11 @@ use super::quota::{self, QuotaState};
 use super::window::WindowState;
 use super::{Algorithm, Decision, Policy, gcra, window};
 
-/// Shards a store has at least (up to twice as many: see [`layout`]).
-const MIN_SHARDS: usize = 64;
+/// Shards a store has at most (at least half as many once it is large: see [`layout`]).
+const MAX_SHARDS: usize = 64;
+
+/// The fewest buckets a shard's table is planned at: one group of hashbrown's control bytes.
+const MIN_BUCKETS: usize = 16;
 
 /// The share of a full shard's table kept free, as a divisor of its capacity: evicting a key from
 /// a full table may leave a tombstone in place of an empty bucket, and the table is rebuilt once
@@ -112,12 +115,32 @@ impl Entry {
 }
 
 /// One shard: keys and their entries, found by a hash computed once per decision.
-#[derive(Default)]
 struct Shard {
     keys: HashTable<(Box<str>, Entry)>,
     /// When (the decisions' clock, microseconds) spent entries were last swept out of the shard
     /// for want of room.
     swept_at: Option<u64>,
+    /// The most keys the shard tracks.
+    bound: usize,
+    /// The capacity of the shard's table at its bound: a table out of room at half of it or more
+    /// is rebuilt at it (see [`MemoryStore::rebuild`]).
+    planned: usize,
+    /// Rebuilds so far.
+    #[cfg(test)]
+    rebuilds: usize,
+}
+
+impl Shard {
+    fn new(bound: usize) -> Self {
+        Self {
+            keys: HashTable::new(),
+            swept_at: None,
+            bound,
+            planned: planned_capacity(bound),
+            #[cfg(test)]
+            rebuilds: 0,
+        }
+    }
 }
 
 /// How often a full shard is swept for spent entries, at most. A sweep reads every entry of the
@@ -142,20 +165,31 @@ const fn shard_bound(buckets: usize) -> usize {
     capacity - capacity / SLACK
 }
 
-/// How a store of `max_keys` keys is split: `(shards, keys a shard, buckets of a full shard's
-/// table)`. A shard's bound is what a table of a power of two buckets holds with its slack, the
-/// largest such at most an equal share of `MIN_SHARDS`; there are as many shards of it as fit in
-/// `max_keys`. A full shard thus fills its table (where a bound of `max_keys / 64` would leave up
-/// to half of a table's buckets unused), and the store holds at most `max_keys` keys, at least
-/// `max_keys` less one shard's.
-fn layout(max_keys: usize) -> (usize, usize, usize) {
-    let share = (max_keys / MIN_SHARDS).max(1);
+/// The capacity of the smallest table that holds `keys`, as hashbrown sizes it.
+const fn planned_capacity(keys: usize) -> usize {
     let mut buckets = 4;
-    while shard_bound(buckets * 2) <= share {
+    while table_capacity(buckets) < keys {
         buckets *= 2;
     }
-    let per_shard = shard_bound(buckets).min(share);
-    ((max_keys / per_shard).max(1), per_shard, buckets)
+    table_capacity(buckets)
+}
+
+/// The bounds of the shards of a store of `max_keys` keys (at least 1), which add up to it. The
+/// shards' tables have the fewest buckets (a power of two, at least [`MIN_BUCKETS`]) for which
+/// [`MAX_SHARDS`] shards hold `max_keys` with each table's slack kept, and there are as few
+/// shards as hold them so, their bounds as equal as can be: a full shard fills its table to about
+/// three quarters of its buckets. (A 64th of `max_keys` a shard filled between 44 and 88% of a
+/// table, as `max_keys` fell.) A large store has 33 to 64 shards.
+fn layout(max_keys: usize) -> Vec<usize> {
+    let max_keys = max_keys.max(1);
+    let mut buckets = MIN_BUCKETS;
+    while shard_bound(buckets).saturating_mul(MAX_SHARDS) < max_keys {
+        buckets *= 2;
+    }
+    let shards = max_keys.div_ceil(shard_bound(buckets));
+    (0..shards)
+        .map(|i| max_keys / shards + usize::from(i < max_keys % shards))
+        .collect()
 }
 
 /// Per-key limiter state in process memory.
@@ -164,28 +198,27 @@ fn layout(max_keys: usize) -> (usize, usize, usize) {
 /// colliding subjects): the same hash picks the shard and finds the key in it.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
-    /// The capacity of a full shard's table.
-    full_table: usize,
+    max_keys: usize,
     hasher: RandomState,
 }
 
 impl MemoryStore {
-    /// A store that tracks at most `max_keys` keys, and all but at most a 64th of them when
-    /// flooded.
+    /// A store that tracks at most `max_keys` keys (at least 1), and as many when flooded.
     pub fn new(max_keys: usize) -> Self {
-        let (shards, per_shard, buckets) = layout(max_keys);
+        let bounds = layout(max_keys);
         Self {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
-            per_shard,
-            full_table: table_capacity(buckets),
+            max_keys: bounds.iter().sum(),
+            shards: bounds
+                .into_iter()
+                .map(|b| Mutex::new(Shard::new(b)))
+                .collect(),
             hasher: RandomState::new(),
         }
     }
 
     /// The most keys the store tracks.
     pub fn max_keys(&self) -> usize {
-        self.shards.len() * self.per_shard
+        self.max_keys
     }
 
     /// Decides one request for `key` at `now` (microseconds on any monotonic clock).
@@ -209,7 +242,7 @@ impl MemoryStore {
         }
         let (next, decision) = step(None, policy, now, wall_ms);
         if let Some(next) = next {
-            if map.keys.len() >= self.per_shard
+            if map.keys.len() >= map.bound
                 && map
                     .swept_at
                     .is_none_or(|at| now.saturating_sub(at) >= SWEEP_EVERY_US)
@@ -218,7 +251,7 @@ impl MemoryStore {
                 map.keys.retain(|(_, e)| !e.spent(now, wall_ms));
                 map.swept_at = Some(now);
             }
-            if map.keys.len() >= self.per_shard {
+            if map.keys.len() >= map.bound {
                 // Still full of live keys: evict one arbitrary key. That key briefly gets a
                 // fresh allowance, the price of a hard memory bound under a key flood.
                 let victim = map.keys.iter().next().map(|(k, _)| k.clone());
@@ -230,7 +263,7 @@ impl MemoryStore {
                     found.remove();
                 }
             }
-            if map.keys.len() >= map.keys.capacity() && 2 * map.keys.len() >= self.full_table {
+            if map.keys.len() >= map.keys.capacity() && 2 * map.keys.len() >= map.planned {
                 self.rebuild(&mut map);
             }
             map.keys.insert_unique(hash, (key.into(), next), |(k, _)| {
@@ -240,13 +273,18 @@ impl MemoryStore {
         decision
     }
 
-    /// Moves the keys of `shard`, out of room, into a table of a full shard's size. Evicted and
+    /// Moves the keys of `shard`, out of room, into a table of its planned size. Evicted and
     /// swept keys leave tombstones that use up a table's room, and hashbrown would then double the
     /// table to make more: under a flood of new keys, twice the memory for the same keys. Rebuilt
     /// instead, it holds them in the room its bound needs, for one move of each key each time
-    /// tombstones fill the room [`SLACK`] keeps. A table below half that size grows as usual.
+    /// tombstones fill the room [`SLACK`] keeps. A table below half that size grows as usual
+    /// (rehashed in place when tombstones are what took its room).
     fn rebuild(&self, shard: &mut Shard) {
-        let keys = std::mem::replace(&mut shard.keys, HashTable::with_capacity(self.per_shard));
+        #[cfg(test)]
+        {
+            shard.rebuilds += 1;
+        }
+        let keys = std::mem::replace(&mut shard.keys, HashTable::with_capacity(shard.bound));
         for (key, entry) in keys {
             let hash = self.hasher.hash_one(&*key);
             shard
@@ -322,29 +360,43 @@ mod tests {
     use std::time::Duration;
 
     /// The layout's arithmetic holds for hashbrown as built: a shard at its bound fills a table of
-    /// the planned size, the store's bound is at most `max_keys` and at most a shard's keys less.
+    /// its planned size to about three quarters, with room kept for tombstones, and the shards'
+    /// bounds add up to `max_keys`.
     #[test]
     fn shards_fill_their_tables_and_the_store_keeps_to_max_keys() {
         for max_keys in [
-            1, 10, 100, 256, 512, 1_000, 64_000, 100_000, 1_000_000, 10_000_000,
+            1, 7, 10, 14, 100, 447, 832, 833, 1_000, 64_000, 100_000, 1_000_000, 10_000_000,
         ] {
-            let (shards, per_shard, buckets) = layout(max_keys);
-            let bound = shards * per_shard;
-            assert!(bound <= max_keys, "{max_keys}: {shards} x {per_shard}");
+            let bounds = layout(max_keys);
+            assert_eq!(bounds.iter().sum::<usize>(), max_keys, "{max_keys}");
             assert!(
-                bound + per_shard > max_keys,
-                "{max_keys}: {shards} x {per_shard}"
+                bounds.len() <= MAX_SHARDS,
+                "{max_keys}: {} shards",
+                bounds.len()
             );
-            let table = HashTable::<(Box<str>, Entry)>::with_capacity(per_shard);
-            assert_eq!(table.capacity(), table_capacity(buckets), "{max_keys}");
-            // A bucket and its control byte, and a group of control bytes more.
-            assert!(table.allocation_size() <= buckets * 65 + 16, "{max_keys}");
-            if max_keys >= MIN_SHARDS * 3 {
+            if max_keys > MAX_SHARDS * shard_bound(MIN_BUCKETS) {
                 assert!(
-                    (MIN_SHARDS..=2 * MIN_SHARDS).contains(&shards),
-                    "{max_keys}"
+                    bounds.len() > MAX_SHARDS / 2,
+                    "{max_keys}: {} shards",
+                    bounds.len()
                 );
-                assert!(per_shard * 4 > table_capacity(buckets) * 3, "{max_keys}");
+            }
+            let (low, high) = (bounds[bounds.len() - 1], bounds[0]);
+            assert!(high - low <= 1, "{max_keys}: {low} to {high}");
+            for bound in [low, high] {
+                let planned = planned_capacity(bound);
+                let table = HashTable::<(Box<str>, Entry)>::with_capacity(bound);
+                assert_eq!(table.capacity(), planned, "{max_keys}: {bound}");
+                assert!(
+                    bound <= planned - planned / SLACK,
+                    "{max_keys}: {bound} in {planned}"
+                );
+                if bounds.len() > 1 {
+                    assert!(
+                        bound * 4 > planned * 3 - planned / 4,
+                        "{max_keys}: {bound} in {planned}"
+                    );
+                }
             }
         }
     }
@@ -356,21 +408,44 @@ mod tests {
         for i in 0..50_000 {
             store.decide(&format!("k{i}"), &p, 0);
         }
-        assert!(store.len() <= 1_000, "{}", store.len());
-        assert_eq!(store.len(), store.max_keys());
+        assert_eq!(store.len(), 1_000);
     }
 
-    /// Under a flood of live keys, full tables are rebuilt rather than grown, and keep what they
-    /// hold: the last key in is still limited.
+    /// Under a flood of live keys, full tables are rebuilt rather than grown, and what they hold
+    /// comes through: every key still tracked is still limited.
     #[test]
-    fn keys_outlive_their_table_being_rebuilt() {
-        let store = MemoryStore::new(MIN_SHARDS * 4);
+    fn keys_outlive_their_tables_being_rebuilt() {
+        let store = MemoryStore::new(12_800);
         let p = Policy::new("p", Algorithm::SlidingWindow, 1, Duration::from_secs(60), 1);
-        for i in 0..10_000 {
-            assert!(store.decide(&format!("k{i}"), &p, 0).allowed);
+        let keys: Vec<String> = (0..100_000).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            assert!(store.decide(key, &p, 0).allowed);
         }
-        assert!(!store.decide("k9999", &p, 0).allowed);
-        assert!(store.len() <= MIN_SHARDS * 4);
+        let rebuilds: usize = store
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("shard").rebuilds)
+            .sum();
+        assert!(rebuilds > 0, "no table was rebuilt");
+        assert_eq!(store.len(), 12_800);
+        let tracked = keys
+            .iter()
+            .filter(|key| {
+                let hash = store.hasher.hash_one(key.as_str());
+                store.shards.iter().any(|s| {
+                    let shard = s.lock().expect("shard");
+                    shard
+                        .keys
+                        .find(hash, |(k, _)| &**k == key.as_str())
+                        .is_some()
+                })
+            })
+            .cloned()
+            .collect::<Vec<_>>();
+        assert_eq!(tracked.len(), 12_800);
+        for key in &tracked {
+            assert!(!store.decide(key, &p, 0).allowed, "{key} forgot its window");
+        }
     }
 
     /// Neither evictions nor sweeps make a table grow past a full shard's size: its tombstones
@@ -379,7 +454,7 @@ mod tests {
     fn tables_stay_at_a_full_shards_size_through_evictions_and_sweeps() {
         let store = MemoryStore::new(100_000);
         let planned =
-            HashTable::<(Box<str>, Entry)>::with_capacity(store.per_shard).allocation_size();
+            |bound| HashTable::<(Box<str>, Entry)>::with_capacity(bound).allocation_size();
         // Half the keys spent a millisecond after their admission, half live for an hour.
         let short = Policy::new("p", Algorithm::Gcra, 1_000, Duration::from_secs(1), 1);
         let long = Policy::new(
@@ -397,6 +472,7 @@ mod tests {
         assert!(store.len() <= store.max_keys());
         for shard in &store.shards {
             let shard = shard.lock().expect("shard");
+            let planned = planned(shard.bound);
             assert!(
                 shard.keys.allocation_size() <= planned,
                 "{} bytes for a table planned at {planned}",
@@ -409,11 +485,17 @@ mod tests {
     /// the place of an arbitrary one, then a sweep makes room for it and the rest.
     #[test]
     fn full_shards_are_swept_for_spent_entries_at_most_once_a_second() {
-        let store = MemoryStore::new(MIN_SHARDS * 8);
+        let store = MemoryStore::new(512);
         let max = store.max_keys();
+        let smallest = store
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("shard").bound)
+            .min()
+            .expect("shards");
         // Spent 1 ms after its admission.
         let p = Policy::new("p", Algorithm::Gcra, 1_000, Duration::from_secs(1), 1);
-        // About 28 keys a shard: every shard fills, and is swept (for nothing) as it does.
+        // 40 shards of 12 or 13 keys: every shard fills, and is swept (for nothing) as it does.
         for i in 0..2_000 {
             store.decide(&format!("old-{i}"), &p, 0);
         }
@@ -424,7 +506,7 @@ mod tests {
         // A second on, the new key's shard is swept: its spent entries go, the key comes in.
         store.decide("new-2", &p, 1_000_000);
         assert!(
-            store.len() <= max - store.per_shard + 1,
+            store.len() <= max - smallest + 1,
             "{} keys: not swept",
             store.len()
         );
