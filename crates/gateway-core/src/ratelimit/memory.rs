@@ -120,11 +120,9 @@ struct Shard {
     /// When (the decisions' clock, microseconds) spent entries were last swept out of the shard
     /// for want of room.
     swept_at: Option<u64>,
-    /// The most keys the shard tracks.
+    /// The most keys the shard tracks. A table out of room at half of its planned capacity
+    /// ([`planned_capacity`] of the bound) or more is rebuilt at it (see [`MemoryStore::rebuild`]).
     bound: usize,
-    /// The capacity of the shard's table at its bound: a table out of room at half of it or more
-    /// is rebuilt at it (see [`MemoryStore::rebuild`]).
-    planned: usize,
     /// Rebuilds so far.
     #[cfg(test)]
     rebuilds: usize,
@@ -136,7 +134,6 @@ impl Shard {
             keys: HashTable::new(),
             swept_at: None,
             bound,
-            planned: planned_capacity(bound),
             #[cfg(test)]
             rebuilds: 0,
         }
@@ -263,7 +260,9 @@ impl MemoryStore {
                     found.remove();
                 }
             }
-            if map.keys.len() >= map.keys.capacity() && 2 * map.keys.len() >= map.planned {
+            if map.keys.len() >= map.keys.capacity()
+                && 2 * map.keys.len() >= planned_capacity(map.bound)
+            {
                 self.rebuild(&mut map);
             }
             map.keys.insert_unique(hash, (key.into(), next), |(k, _)| {
